@@ -1,0 +1,84 @@
+"""Indicators against closed forms and the paper's identities (Defs. 1-7, Thm. 2, Eq. 10)."""
+import torch
+from torch.distributions import MultivariateNormal, Normal, kl_divergence
+
+from trainables import indicators as ind
+
+
+def codes(M=500, H=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.tensor([2.0, 1.0, 0.5, 0.1, 0.0, 0.0])[:H]
+    mu = torch.randn(M, H, generator=g, dtype=torch.float64) * scale
+    logvar = torch.randn(M, H, generator=g, dtype=torch.float64) * 0.3 - 1.5 * (scale > 0)
+    return mu, logvar
+
+
+def test_kl_of_known_gaussians_matches_torch_distributions():
+    mu, logvar = codes()
+    v = torch.rand(mu.shape[1], dtype=torch.float64) + 0.5
+    ours = ind.kl_to_zero_mean(mu, logvar, v)
+    ref = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(torch.zeros_like(v), v.sqrt()))
+    torch.testing.assert_close(ours, ref)
+
+
+def test_def1_is_mean_kl_to_prior_computed_as_a_full_covariance_kl():
+    mu, logvar = codes(M=50)
+    H = mu.shape[1]
+    prior = MultivariateNormal(torch.zeros(H, dtype=torch.float64), torch.eye(H, dtype=torch.float64))
+    ref = torch.stack([kl_divergence(MultivariateNormal(m, torch.diag(lv.exp())), prior)
+                       for m, lv in zip(mu, logvar)]).mean()
+    torch.testing.assert_close(ind.kl_post_prior(mu, logvar), ref)
+
+
+def test_theorem2_per_factor_mi_sums_to_joint_mi_from_full_covariance_kl():
+    mu, logvar = codes(M=50)
+    v = ind.qstar_var(mu, logvar)
+    qstar = MultivariateNormal(torch.zeros_like(v), torch.diag(v))
+    joint = torch.stack([kl_divergence(MultivariateNormal(m, torch.diag(lv.exp())), qstar)
+                         for m, lv in zip(mu, logvar)]).mean()
+    torch.testing.assert_close(ind.mi_xz(mu, logvar), joint)
+    torch.testing.assert_close(ind.mi_per_factor(mu, logvar).sum(), joint)
+
+
+def test_def4_equals_def5_and_def6_7_equal_def2_3_with_exact_qstar():
+    for seed in range(3):
+        mu, logvar = codes(seed=seed)
+        torch.testing.assert_close(ind.kl_qz_pz(mu, logvar), ind.kl_qstar_pz(mu, logvar))
+        torch.testing.assert_close(ind.mi_xz_def6(mu, logvar), ind.mi_xz(mu, logvar))
+        torch.testing.assert_close(ind.mi_per_factor_def7(mu, logvar), ind.mi_per_factor(mu, logvar))
+
+
+def test_gradient_descent_on_eq10_reaches_the_closed_form_qstar():
+    mu, logvar = codes()
+    log_v = torch.zeros(mu.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([log_v], lr=0.05)
+    for _ in range(3000):
+        opt.zero_grad()
+        ind.kl_to_zero_mean(mu, logvar, log_v.exp()).sum(1).mean().backward()   # Eq. 10
+        opt.step()
+    torch.testing.assert_close(log_v.exp().detach(), ind.qstar_var(mu, logvar), rtol=1e-4, atol=1e-6)
+
+
+def test_unused_factors_sit_at_the_prior_and_counts_follow_thresholds():
+    M, H = 2000, 4
+    g = torch.Generator().manual_seed(1)
+    mu = torch.zeros(M, H, dtype=torch.float64)
+    logvar = torch.zeros(M, H, dtype=torch.float64)
+    mu[:, :2] = torch.randn(M, 2, generator=g, dtype=torch.float64)   # two informative factors
+    logvar[:, :2] = -4.0                                               # s2 = 0.018
+    out = ind.compute(mu, logvar, used_threshold=0.5, normal_var_tol=0.1)
+    assert out.scalars["n_used_factors"] == 2
+    assert out.scalars["n_normal_variance_factors"] == 2
+    assert out.factors["used"].tolist() == [True, True, False, False]
+    torch.testing.assert_close(out.factors["mi"][2:], torch.zeros(2, dtype=torch.float64))
+    # MI of N(m, s2) against q* = N(0, 1 + s2): 0.5 log((1 + s2) / s2) in the large-M limit
+    expected = 0.5 * torch.log(torch.tensor((1 + 0.0183) / 0.0183, dtype=torch.float64))
+    assert abs(out.factors["mi"][0] - expected) < 0.05
+    out2 = ind.compute(mu, logvar, used_threshold=10.0)
+    assert out2.scalars["n_used_factors"] == 0
+
+
+def test_compute_refuses_mismatched_shapes():
+    import pytest
+    with pytest.raises(ValueError, match=r"\[M, H\]"):
+        ind.compute(torch.zeros(3, 2), torch.zeros(3, 3))

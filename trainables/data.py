@@ -1,0 +1,255 @@
+"""Data sets as in-memory tensors: mnist, intrinsic, npz, image_folder.
+
+Every loader returns a `Data` (images in [0, 1] as one float tensor, optional
+ground-truth factors) and refuses bad input with a `DataError` that names the
+file and the problem. A data set that fits in memory lives as one tensor on
+the training device: batches are index slices, no worker processes.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainables.config import DatasetConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".gif")
+
+
+class DataError(ValueError):
+    """Unusable data: the message names the file and what is wrong with it."""
+
+
+@dataclass
+class Data:
+    x: torch.Tensor                   # [N, C, H, W] float32 in [0, 1]
+    factors: torch.Tensor | None      # [N, P] ground truth, when known
+    index: torch.Tensor               # [N] position in the pooled data set
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def subset(self, idx: torch.Tensor) -> "Data":
+        f = None if self.factors is None else self.factors[idx]
+        return Data(self.x[idx], f, self.index[idx])
+
+    def to(self, device: torch.device) -> "Data":
+        f = None if self.factors is None else self.factors.to(device)
+        return Data(self.x.to(device), f, self.index.to(device))
+
+
+@dataclass
+class Splits:
+    train: Data
+    val: Data
+    test: Data
+
+
+def load(cfg: DatasetConfig) -> Data:
+    loader = LOADERS[cfg.name]
+    data = loader(cfg)
+    if cfg.limit is not None:
+        data = data.subset(torch.arange(min(cfg.limit, len(data))))
+    if len(data) < 3:
+        raise DataError(f"{cfg.path or cfg.name}: {len(data)} examples; need at least 3 to split")
+    return data
+
+
+def split(data: Data, fractions: tuple[float, float, float], seed: int) -> Splits:
+    """Random split by `seed` (App. D: the paper re-splits the pooled data at random)."""
+    n = len(data)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    n_train = max(1, int(round(fractions[0] * n)))
+    n_val = int(round(fractions[1] * n))
+    n_val = min(n_val, n - n_train - 1)
+    parts = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+    return Splits(*(data.subset(p) for p in parts))
+
+
+# ---- mnist ------------------------------------------------------------------
+
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "t10k": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def load_mnist(cfg: DatasetConfig) -> Data:
+    """Pool whichever of the train and t10k IDX image files are present (gz or not)."""
+    root = Path(cfg.path)
+    found = [p for part in MNIST_FILES.values() if (p := _find_idx(root, part[0]))]
+    if not found and cfg.download:
+        _download_mnist(root)
+        found = [p for part in MNIST_FILES.values() if (p := _find_idx(root, part[0]))]
+    if not found:
+        raise DataError(f"{root}: no MNIST image file (train-images-idx3-ubyte[.gz] or "
+                        "t10k-images-idx3-ubyte[.gz]); set dataset.download=true to fetch it")
+    images = np.concatenate([read_idx_images(p) for p in found])
+    x = torch.from_numpy(images).float().div_(255.0).unsqueeze(1)   # [N, 1, 28, 28]
+    return Data(x, None, torch.arange(len(x)))
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """Read an IDX3 ubyte image file; refuse anything truncated or malformed."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: unreadable ({e})") from None
+    if len(raw) < 16:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, need 16)")
+    magic, n, rows, cols = struct.unpack(">IIII", raw[:16])
+    if magic != 2051:
+        raise DataError(f"{path}: not an IDX3 image file (magic {magic}, expected 2051)")
+    need = 16 + n * rows * cols
+    if len(raw) < need:
+        raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, header says {need})")
+    return np.frombuffer(raw, np.uint8, n * rows * cols, 16).reshape(n, rows, cols)
+
+
+def _download_mnist(root: Path) -> None:
+    import torchvision  # only users who ask for a download need it here
+
+    root.mkdir(parents=True, exist_ok=True)
+    ds = torchvision.datasets.MNIST(str(root), train=True, download=True)
+    raw = Path(ds.raw_folder)
+    for f in raw.iterdir():
+        target = root / f.name
+        if not target.exists():
+            target.symlink_to(f)
+
+
+# ---- intrinsic ----------------------------------------------------------------
+
+def load_intrinsic(cfg: DatasetConfig) -> Data:
+    """x = phi(y), y ~ N(0, I_P): Theorem 1's setting with a known intrinsic dimension P.
+
+    phi(y) = sigmoid(A y + b): A's P columns are smooth random images (sums of
+    Gaussian bumps), linearly independent, so y -> A y is injective and the
+    elementwise sigmoid keeps it so; phi is continuous. The same seed gives
+    the same phi and the same y.
+    """
+    g = torch.Generator().manual_seed(cfg.seed)
+    side, P = cfg.image_size or 28, cfg.factors
+    A = _smooth_patterns(P, side, g)                                # [P, D]
+    b = -1.5 + 0.5 * _smooth_patterns(1, side, g)[0]                # [D] dark background
+    y = torch.randn(cfg.n, P, generator=g)                          # [N, P]
+    x = torch.sigmoid(y @ A * 1.5 + b).reshape(cfg.n, 1, side, side)
+    return Data(x.contiguous(), y, torch.arange(cfg.n))
+
+
+def _smooth_patterns(P: int, side: int, g: torch.Generator) -> torch.Tensor:
+    grid = torch.linspace(-1, 1, side)
+    yy, xx = torch.meshgrid(grid, grid, indexing="ij")              # [S, S]
+    pats = []
+    for _ in range(P):
+        centres = torch.rand(3, 2, generator=g) * 1.6 - 0.8
+        widths = 0.15 + 0.25 * torch.rand(3, generator=g)
+        signs = torch.randn(3, generator=g)
+        img = sum(s * torch.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2) / (2 * w ** 2))
+                  for c, w, s in zip(centres, widths, signs))
+        pats.append(img.flatten() / img.flatten().abs().max())
+    return torch.stack(pats)                                         # [P, S*S]
+
+
+# ---- npz ----------------------------------------------------------------------
+
+def load_npz(cfg: DatasetConfig) -> Data:
+    """`x` shaped (N, H, W) or (N, C, H, W), uint8 or float in [0, 1]; optional `factors` (N, P)."""
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    if "x" not in arrays:
+        raise DataError(f"{path}: no array named 'x' (found: {', '.join(arrays.files) or 'none'})")
+    x = arrays["x"]
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"{path}: 'x' has shape {arrays['x'].shape}; allowed: (N, H, W) or (N, C, H, W)")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    elif np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise DataError(f"{path}: 'x' holds NaN or inf values")
+        if x.min() < 0 or x.max() > 1:
+            raise DataError(f"{path}: float 'x' spans [{x.min():.3g}, {x.max():.3g}]; allowed: [0, 1]")
+    else:
+        raise DataError(f"{path}: 'x' has dtype {x.dtype}; allowed: uint8 or float in [0, 1]")
+    factors = None
+    if "factors" in arrays:
+        f = arrays["factors"]
+        if f.ndim != 2 or f.shape[0] != x.shape[0] or not np.isfinite(f).all():
+            raise DataError(f"{path}: 'factors' must be finite and shaped (N={x.shape[0]}, P); "
+                            f"got {f.shape}")
+        factors = torch.from_numpy(f.astype(np.float32))
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return Data(xt, factors, torch.arange(len(xt)))
+
+
+# ---- image_folder ---------------------------------------------------------------
+
+def load_image_folder(cfg: DatasetConfig) -> Data:
+    """Every image under `path`, centre-cropped to a square and resized to image_size.
+
+    CelebA is used at image_size=64 (App. D); Yale B at 192x168 is kept at its
+    own size when image_size is unset, which needs every image to share one size.
+    """
+    from PIL import Image  # torchvision's dependency
+
+    root = Path(cfg.path)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    arrays, sizes = [], set()
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                im = im.convert("L" if im.mode in ("L", "I", "I;16", "1", "P") else "RGB")
+                if cfg.image_size:
+                    side = cfg.image_size
+                    im = _square(im).resize((side, side), Image.BILINEAR)
+                arrays.append(np.asarray(im, dtype=np.uint8))
+        except OSError as e:
+            raise DataError(f"{p}: unreadable image ({e})") from None
+        sizes.add(arrays[-1].shape)
+    if len(sizes) > 1:
+        raise DataError(f"{root}: images of mixed sizes/channels {sorted(sizes)[:3]}...; "
+                        "set dataset.image_size (e.g. 64) to resize them all")
+    x = np.stack(arrays).astype(np.float32) / 255.0
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    return Data(xt, None, torch.arange(len(xt)))
+
+
+def _square(im):
+    w, h = im.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return im.crop((left, top, left + s, top + s))
+
+
+LOADERS = {"mnist": load_mnist, "intrinsic": load_intrinsic, "npz": load_npz,
+           "image_folder": load_image_folder}
+
+
+def check_finite(data: Data, source: str) -> None:
+    if not torch.isfinite(data.x).all() or math.isnan(float(data.x.sum())):
+        raise DataError(f"{source}: images hold NaN or inf values")

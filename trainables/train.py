@@ -1,0 +1,235 @@
+"""One trial, start to finish: the function `vaestudy train` and every Ray trial run.
+
+It resumes from the trial's latest checkpoint on the result storage (never
+from the driver's bookkeeping: a SIGKILLed Tune driver forgets checkpoints it
+had not yet snapshotted), trains, evaluates every `eval.every` epochs,
+writes rows and checkpoints through the result store, and ends the trial as
+completed or diverged.
+"""
+from __future__ import annotations
+
+import json
+import math
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import torch
+
+from trainables import data as datasets
+from trainables import indicators, traversal
+from trainables.config import TrialConfig
+from trainables.store import ResultStore, code_version
+from trainables.vae import VAE
+
+Report = Callable[[dict], None]
+METRICS = ("trial_id", "epoch", "evlb", "recon_mse", "kl_post_prior", "mi_xz", "kl_qz_pz",
+           "kl_qstar_pz", "n_used_factors", "n_normal_variance_factors", "sigma2",
+           "equivalent_sigma2", "train_loss")
+
+
+@dataclass
+class Run:
+    """Everything a trial owns while it trains; checkpointed as plain tensors."""
+    cfg: TrialConfig
+    vae: VAE
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    device: torch.device
+    epoch: int = 0
+    wall: float = 0.0
+    rows: dict[str, list[dict]] = field(default_factory=lambda: {"trials": [], "factors": [],
+                                                                 "codes": []})
+    flushed: int = 0                       # last epoch whose rows are on storage
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device: cuda requested but no GPU is visible")
+    return torch.device(name)
+
+
+def build(cfg: TrialConfig, shape: tuple[int, int, int], device: torch.device) -> Run:
+    torch.manual_seed(cfg.train.seed)                                   # weight init
+    vae = VAE(shape, cfg).to(device)
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)           # App. D
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)    # batches and eps
+    return Run(cfg, vae, opt, gen, device)
+
+
+def train_epoch(run: Run, x: torch.Tensor) -> float:
+    """One pass over the training tensor in minibatches; returns the mean loss."""
+    vae, opt, B, H = run.vae, run.opt, run.cfg.train.batch_size, run.cfg.model.latent_dim
+    vae.train()
+    perm = torch.randperm(x.shape[0], generator=run.gen, device=run.device)
+    total = torch.zeros((), device=run.device)
+    for i in range(0, x.shape[0], B):
+        xb = x[perm[i:i + B]]                                           # [B, C, H, W]
+        eps = torch.randn(xb.shape[0], H, generator=run.gen, device=run.device)
+        loss, xhat = vae.loss(xb, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        vae.noise.after_step(xb, xhat.detach())
+        total += loss.detach() * xb.shape[0]
+    return float(total) / x.shape[0]
+
+
+@torch.no_grad()
+def evaluate(run: Run, test: datasets.Data, chunk: int = 2000) -> dict:
+    """EVLB, reconstruction and the indicators on up to eval.max_points test points."""
+    ev, vae = run.cfg.eval, run.vae
+    vae.eval()
+    n = min(ev.max_points, len(test))
+    g = torch.Generator(device=run.device).manual_seed(run.cfg.train.seed * 100_003 + run.epoch)
+    mus, logvars, evlb, mse = [], [], 0.0, 0.0
+    for i in range(0, n, chunk):
+        xb = test.x[i:min(i + chunk, n)]
+        eps = torch.randn(xb.shape[0], run.cfg.model.latent_dim, generator=g, device=run.device)
+        mu, logvar, log_lik, err = vae.evlb_terms(xb, eps)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        evlb += float((log_lik - kl).sum())                             # Eq. 13, beta = 1
+        mse += float(err.sum())
+        mus.append(mu)
+        logvars.append(logvar)
+    mu, logvar = torch.cat(mus), torch.cat(logvars)                     # [M, H]
+    ind = indicators.compute(mu, logvar, ev.used_threshold, ev.normal_var_tol)
+    return {"evlb": evlb / n, "recon_mse": mse / n, "indicators": ind, "mu": mu, "logvar": logvar,
+            "eval_points": n}
+
+
+def result_rows(run: Run, study: str, trial_id: str, ev: dict, train_loss: float,
+                test: datasets.Data) -> dict[str, list[dict]]:
+    cfg, noise = run.cfg, run.vae.noise.summary()
+    ind = ev["indicators"]
+    beta, sigma2 = cfg.noise.beta, noise["sigma2"]
+    trial = {
+        "study": study, "trial_id": trial_id, "epoch": run.epoch, "status": "running",
+        "dataset": cfg.dataset.name, "noise": cfg.noise.kind, "beta": beta, "sigma2": sigma2,
+        "equivalent_sigma2": beta * sigma2,                             # Sec. 7.2.1
+        "latent_dim": cfg.model.latent_dim, "seed": cfg.train.seed,
+        "evlb": ev["evlb"], "recon_mse": ev["recon_mse"], **ind.scalars,
+        "train_loss": train_loss, "noise_pi": noise.get("pi"), "noise_sigma2_k": noise.get("sigma2_k"),
+        "eval_points": ev["eval_points"], "used_threshold": cfg.eval.used_threshold,
+        "var_floor": cfg.noise.var_floor,
+        "true_factors": None if test.factors is None else int(test.factors.shape[1]),
+        "config": json.dumps(cfg.to_dict(), sort_keys=True), "code_version": code_version(),
+        "host": socket.gethostname(), "wall_time": run.wall,
+        "written_at": datetime.now(timezone.utc),
+    }
+    f = ind.factors
+    factors = [{"study": study, "trial_id": trial_id, "epoch": run.epoch, "factor": h,
+                "mi": float(f["mi"][h]), "post_var": float(f["post_var"][h]),
+                "qstar_var": float(f["qstar_var"][h]), "used": bool(f["used"][h])}
+               for h in range(len(f["mi"]))]
+    return {"trials": [trial], "factors": factors}
+
+
+def code_rows(run: Run, study: str, trial_id: str, ev: dict, test: datasets.Data) -> list[dict]:
+    k = min(run.cfg.eval.codes_points, ev["eval_points"])
+    mu, logvar = ev["mu"][:k].float().cpu(), ev["logvar"][:k].float().cpu()
+    idx = test.index[:k].cpu()
+    truth = None if test.factors is None else test.factors[:k].cpu()
+    return [{"study": study, "trial_id": trial_id, "epoch": run.epoch, "point": i,
+             "index": int(idx[i]), "mu": mu[i].tolist(), "logvar": logvar[i].tolist(),
+             "truth": None if truth is None else truth[i].tolist()} for i in range(k)]
+
+
+def state_dict(run: Run) -> dict:
+    return {"epoch": run.epoch, "wall": run.wall, "vae": run.vae.state_dict(),
+            "opt": run.opt.state_dict(), "gen": run.gen.get_state(),
+            "trial_config": json.dumps(run.cfg.to_dict(), sort_keys=True)}
+
+
+def load_state(run: Run, state: dict) -> None:
+    run.vae.load_state_dict(state["vae"])
+    run.opt.load_state_dict(state["opt"])
+    run.gen.set_state(state["gen"])
+    run.epoch, run.wall = int(state["epoch"]), float(state["wall"])
+    run.flushed = run.epoch
+
+
+def flush(run: Run, store: ResultStore, trial_id: str) -> None:
+    if any(run.rows.values()):
+        store.write_segment(trial_id, run.rows, run.flushed + 1, run.epoch)
+    run.rows = {"trials": [], "factors": [], "codes": []}
+    run.flushed = run.epoch
+
+
+def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None,
+              log: Callable[[str], None] = print, trial_id: str | None = None) -> dict:
+    """Train one trial to its end (or resume it); returns the last row's metrics."""
+    trial_id = trial_id or cfg.trial_id()
+    done = store.status(trial_id)
+    if done and done["state"] in ("completed", "diverged"):
+        log(f"[{trial_id}] already {done['state']}; nothing to do")
+        return done.get("final", {})
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    data = datasets.load(cfg.dataset)
+    splits = datasets.split(data, cfg.dataset.split, cfg.dataset.split_seed)
+    train_x, test = splits.train.x.to(device), splits.test.to(device)
+    run = build(cfg, tuple(data.x.shape[1:]), device)
+    state = store.load_checkpoint(trial_id)
+    if state is not None:
+        load_state(run, state)
+        log(f"[{trial_id}] resuming after epoch {run.epoch} from its checkpoint")
+    store.rollback(trial_id, run.epoch)
+    store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs)
+    last: dict = {}
+    while run.epoch < cfg.train.epochs:
+        t0 = time.perf_counter()
+        loss = train_epoch(run, train_x)
+        run.epoch += 1
+        run.wall += time.perf_counter() - t0
+        if not math.isfinite(loss) or not _finite_params(run):
+            log(f"[{trial_id}] diverged at epoch {run.epoch} (loss {loss}); keeping the last "
+                "good evaluation")
+            run.epoch -= 1
+            flush(run, store, trial_id)
+            store.finish(trial_id, "diverged", error=f"non-finite loss at epoch {run.epoch + 1}",
+                         final=last)
+            return last
+        if run.epoch % cfg.eval.every == 0 or run.epoch == cfg.train.epochs:
+            last = _evaluate_and_buffer(run, store.study, trial_id, loss, test)
+            if report:
+                report(last)
+        if run.epoch % cfg.checkpoint.every == 0 or run.epoch == cfg.train.epochs:
+            flush(run, store, trial_id)
+            store.save_checkpoint(trial_id, run.epoch, state_dict(run), cfg.checkpoint.keep)
+    if cfg.eval.traversals:
+        ev = evaluate(run, test)                             # deterministic: same as the last
+        factors = traversal.pick_factors(ev["indicators"].factors["mi"], cfg.eval.used_threshold)
+        png = traversal.montage(run.vae, test.x[:cfg.eval.traversal_images], factors)
+        store.write_bytes(store.path("traversals", f"{trial_id}.png"), png)
+    last = last or last_metrics(store, trial_id)
+    store.finish(trial_id, "completed", final=last)
+    return last
+
+
+def _evaluate_and_buffer(run, study, trial_id, loss, test) -> dict:
+    ev = evaluate(run, test)
+    rows = result_rows(run, study, trial_id, ev, loss, test)
+    run.rows["trials"] += rows["trials"]
+    run.rows["factors"] += rows["factors"]
+    if run.epoch == run.cfg.train.epochs:                    # codes: the last evaluation only
+        run.rows["codes"] += code_rows(run, study, trial_id, ev, test)
+    row = rows["trials"][0]
+    return {k: row[k] for k in METRICS}
+
+
+def last_metrics(store: ResultStore, trial_id: str) -> dict:
+    t = store.read_trial("trials", trial_id)
+    if t is None or t.num_rows == 0:
+        return {}
+    row = t.sort_by("epoch").slice(t.num_rows - 1).to_pylist()[0]
+    return {k: v for k, v in row.items() if k in METRICS}
+
+
+def _finite_params(run: Run) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in run.vae.parameters())
