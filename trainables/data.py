@@ -136,18 +136,32 @@ def _download_mnist(root: Path) -> None:
 def load_intrinsic(cfg: DatasetConfig) -> Data:
     """x = phi(y), y ~ N(0, I_P): Theorem 1's setting with a known intrinsic dimension P.
 
-    phi(y) = sigmoid(A y + b): A's P columns are smooth random images (sums of
-    Gaussian bumps), linearly independent, so y -> A y is injective and the
-    elementwise sigmoid keeps it so; phi is continuous. The same seed gives
-    the same phi and the same y.
+    The same seed gives the same phi and the same y; the ground-truth y is kept
+    with each image as its `factors`.
+    """
+    phi, g = intrinsic_phi(cfg)
+    y = torch.randn(cfg.n, cfg.factors, generator=g)                 # [N, P]
+    return Data(phi(y), y, torch.arange(cfg.n))
+
+
+def intrinsic_phi(cfg: DatasetConfig):
+    """(phi, generator): phi(y) = sigmoid(1.5 A y + b), y [N, P] -> images [N, 1, S, S].
+
+    A's P columns are smooth random images (sums of Gaussian bumps), linearly
+    independent, so y -> A y is injective and the elementwise sigmoid keeps it
+    so; phi is continuous. The generator, advanced past phi's draws, is the one
+    that then draws y, so analysis code can render new images of known y.
     """
     g = torch.Generator().manual_seed(cfg.seed)
-    side, P = cfg.image_size or 28, cfg.factors
-    A = _smooth_patterns(P, side, g)                                # [P, D]
+    side = cfg.image_size or 28
+    A = _smooth_patterns(cfg.factors, side, g)                      # [P, D]
     b = -1.5 + 0.5 * _smooth_patterns(1, side, g)[0]                # [D] dark background
-    y = torch.randn(cfg.n, P, generator=g)                          # [N, P]
-    x = torch.sigmoid(y @ A * 1.5 + b).reshape(cfg.n, 1, side, side)
-    return Data(x.contiguous(), y, torch.arange(cfg.n))
+
+    def phi(y: torch.Tensor) -> torch.Tensor:
+        x = torch.sigmoid(y.float() @ A * 1.5 + b)                  # [N, D]
+        return x.reshape(y.shape[0], 1, side, side).contiguous()
+
+    return phi, g
 
 
 def _smooth_patterns(P: int, side: int, g: torch.Generator) -> torch.Tensor:
