@@ -98,6 +98,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None        # torch threads; a Ray trial sets its CPU share
+    fault_nan_epoch: int | None = None  # fault injection: poison a weight with NaN in this epoch
 
     def check(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -106,6 +107,7 @@ class TrainConfig:
             raise ConfigError("train.lr", f"got {self.lr}; allowed: a number > 0")
         _one_of("train.device", self.device, DEVICES)
         _positive("train.threads", self.threads, allow_none=True)
+        _positive("train.fault_nan_epoch", self.fault_nan_epoch, allow_none=True)
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,9 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
     last: dict = {}
     while run.epoch < cfg.train.epochs:
         t0 = time.perf_counter()
+        if cfg.train.fault_nan_epoch == run.epoch + 1:      # a real NaN through the real step
+            with torch.no_grad():
+                next(run.vae.parameters()).view(-1)[0] = float("nan")
         loss = train_epoch(run, train_x)
         run.epoch += 1
         run.wall += time.perf_counter() - t0
