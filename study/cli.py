@@ -1,5 +1,9 @@
 """`vaestudy`: the one console command.
 
+    vaestudy run     [SPEC.yaml | --preset NAME] [--out DIR] [--set k=v ...] [--address ADDR]
+    vaestudy resume  DIR/STUDY [--address ADDR]
+    vaestudy status  DIR/STUDY
+    vaestudy presets
     vaestudy train   --out DIR [--study NAME] [--config FILE] [--set k=v ...]   one trial, no Ray
 """
 from __future__ import annotations
@@ -44,9 +48,108 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_spec(args: argparse.Namespace):
+    from study import presets
+    from study.spec import parse
+
+    if args.spec and args.preset:
+        raise UsageError("give either SPEC.yaml or --preset NAME, not both")
+    raw = load_yaml(args.spec) if args.spec else presets.load(args.preset or "quickstart")
+    sets = parse_sets(args.set)
+    if args.out:
+        sets["storage"] = args.out
+    return parse(merge(raw, sets))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = load_spec(args)
+    return _run(spec, spec.storage, args.address, resume=False, report=not args.no_report)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from study.spec import parse
+    from study.status import split_study_path
+    from trainables.store import ResultStore
+
+    root, name = split_study_path(args.study)
+    store = ResultStore(root, check_name(name, "DIR/STUDY"))
+    if not store.exists(store.path("study.json")):
+        raise UsageError(f"{args.study}: no study.json there; nothing to resume")
+    meta = store.read_json(store.path("study.json"))
+    spec = parse(meta["spec"])
+    return _run(spec, root, args.address, resume=True, report=not args.no_report)
+
+
+def _run(spec, root: str, address: str | None, resume: bool, report: bool) -> int:
+    from study import runner
+    from study.status import status_text
+
+    out = runner.run(spec, root, address=address, resume=resume)
+    print(status_text(out.store))
+    if report:
+        _report(out.store)
+    print(f"study {spec.name}: {out.counts['completed']} completed, {out.counts['diverged']} "
+          f"diverged, {out.counts['failed']} failed in {out.seconds:.0f} s; results in "
+          f"{out.store.uri()}")
+    return 0 if out.counts["failed"] == 0 else 1
+
+
+def _report(store) -> None:
+    try:
+        from analysis.report import build_report
+    except ImportError:
+        return
+    path = build_report(store.root, store.study)
+    print(f"report: {path}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from study.status import split_study_path, status_text
+    from trainables.store import ResultStore
+
+    root, name = split_study_path(args.study)
+    store = ResultStore(root, check_name(name, "DIR/STUDY"))
+    if not store.exists(store.path("status")) and not store.exists(store.path("study.json")):
+        raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
+    print(status_text(store))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from study import presets
+    from study.spec import parse
+
+    for name in presets.names():
+        spec = parse(presets.load(name))
+        print(f"{name:<24} {spec.size_line():<40} {spec.description}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vaestudy", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a study (default: the quickstart preset) on Ray Tune")
+    r.add_argument("spec", nargs="?", help="study spec YAML (default: --preset quickstart)")
+    r.add_argument("--preset", help="a built-in preset; `vaestudy presets` lists them")
+    r.add_argument("--out", help="results root; overrides the spec's storage (default: results)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key; YAML value")
+    r.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    r.set_defaults(func=cmd_run)
+
+    re_ = sub.add_parser("resume", help="continue a killed study: finished trials are not rerun")
+    re_.add_argument("study", metavar="DIR/STUDY")
+    re_.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else local)")
+    re_.add_argument("--no-report", action="store_true")
+    re_.set_defaults(func=cmd_resume)
+
+    st = sub.add_parser("status", help="trial counts by state, failures, best trials so far")
+    st.add_argument("study", metavar="DIR/STUDY")
+    st.set_defaults(func=cmd_status)
+
+    pr = sub.add_parser("presets", help="list the built-in study presets")
+    pr.set_defaults(func=cmd_presets)
 
     t = sub.add_parser("train", help="run one trial in-process (no Ray) and write its results")
     t.add_argument("--out", required=True, help="results root (local path or s3://, gs:// URI)")

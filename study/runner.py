@@ -1,0 +1,172 @@
+"""Run a study on Ray Tune: local Ray or an existing cluster, resumable at any point.
+
+A study is the list of its trials' configs, fixed before anything starts and
+recorded in study.json. Running it again (`vaestudy resume`, or `vaestudy run`
+with the same spec) hands Tune the same list: finished trials return at once,
+unfinished ones continue from their latest checkpoint on storage.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from study.inputs import UsageError
+from study.spec import StudySpec, trial_configs
+from trainables.config import TrialConfig
+from trainables.store import ResultStore, StoreError, code_version
+
+
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"   # "0": a node's address stays 127.0.0.1
+
+
+@dataclass
+class Outcome:
+    store: ResultStore
+    counts: dict[str, int]
+    seconds: float
+
+
+def prepare(spec: StudySpec, root: str, resume: bool = False) -> tuple[ResultStore, list[TrialConfig]]:
+    """Everything that can fail on user input, before Ray starts or a file is written."""
+    configs = trial_configs(spec)
+    check_data(configs)
+    try:
+        store = ResultStore(root, spec.name)
+        store.check_writable()
+    except StoreError as e:
+        raise UsageError(str(e)) from None
+    meta_path = store.path("study.json")
+    if store.exists(meta_path):
+        old = store.read_json(meta_path)
+        if json.loads(old["spec_json"]) != json.loads(spec.to_json()):
+            raise UsageError(f"name: a different study named {spec.name!r} already exists in "
+                             f"{store.uri()}; choose another name (--set name=...) or resume it "
+                             f"with `vaestudy resume {store.uri()}`")
+    elif resume:
+        raise UsageError(f"{store.uri()}: no study.json; nothing to resume")
+    return store, configs
+
+
+def check_data(configs: list[TrialConfig]) -> None:
+    """Load each distinct data set once: a missing path or a bad file stops the study here."""
+    from trainables import data as datasets
+
+    seen = set()
+    for cfg in configs:
+        key = json.dumps(cfg.to_dict()["dataset"], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            datasets.load(cfg.dataset)
+        except datasets.DataError as e:
+            raise UsageError(f"dataset.path: {e}") from None
+
+
+def write_meta(store: ResultStore, spec: StudySpec, configs: list[TrialConfig], **extra) -> None:
+    path = store.path("study.json")
+    old = store.read_json(path) if store.exists(path) else {}
+    import ray
+    import torch
+
+    meta = {**old, "name": spec.name, "spec": spec.raw, "spec_json": spec.to_json(),
+            "size": spec.size_line(), "trials": [c.trial_id() for c in configs],
+            "versions": {"vaestudy": code_version(), "ray": ray.__version__,
+                         "torch": torch.__version__},
+            "started": old.get("started", time.time()), **extra}
+    store.write_json(path, meta)
+
+
+def start_ray(address: str | None, log=print) -> None:
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address:
+        log(f"joining the Ray cluster at {address}")
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # A private single-node Ray: its node address is loopback (Ray otherwise swaps
+        # 127.0.0.1 for the machine's outward address), and there is no dashboard.
+        os.environ[LOOPBACK_ONLY] = "0"                  # for the processes Ray starts
+        from ray._private import ray_constants           # and for this one, imported already
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+                 configure_logging=True, logging_level="warning")
+
+
+def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = False,
+        log=print) -> Outcome:
+    store, configs = prepare(spec, root, resume)
+    log(f"study {spec.name}: {spec.size_line()}")
+    log(f"results: {store.uri()}")
+    t0 = time.time()
+    write_meta(store, spec, configs, driver_host=socket.gethostname())
+    start_ray(address, log)
+    errors = fit(spec, store, configs)
+    for trial_id, error in errors.items():
+        st = store.status(trial_id)
+        if not st or st["state"] not in ("completed", "diverged"):
+            store.set_status(trial_id, "failed", error=error)
+    write_meta(store, spec, configs, finished=time.time())
+    return Outcome(store, counts(store, configs), time.time() - t0)
+
+
+def fit(spec: StudySpec, store: ResultStore, configs: list[TrialConfig]) -> dict[str, str]:
+    """Run every trial through Tune; returns {trial_id: error} of trials that failed for good."""
+    import ray
+    from ray import tune
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # the concise table, not per-result boxes
+    gpu = spec.gpu
+    if gpu is None:                               # share a card between small models
+        gpu = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": gpu})
+    space = {"trial": tune.grid_search([{"id": c.trial_id(), "config": c.to_dict()}
+                                        for c in configs]),
+             "study": {"root": store.root, "name": store.study, "cpu": spec.cpu}}
+    tuner = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+                                    trial_name_creator=lambda t: t.config["trial"]["id"],
+                                    trial_dirname_creator=lambda t: t.config["trial"]["id"]),
+        run_config=tune.RunConfig(
+            name="_tune", storage_path=store.uri(), verbose=1,
+            progress_reporter=reporter(spec),
+            failure_config=tune.FailureConfig(max_failures=spec.max_retries)))
+    grid = tuner.fit()
+
+    errors = {}
+    for r in grid:
+        if r.error is not None:
+            errors[r.config["trial"]["id"]] = f"{type(r.error).__name__}: {r.error}"[-2000:]
+    return errors
+
+
+def reporter(spec: StudySpec):
+    """Tune's trial table with the study's grid axes and a few indicators, every 30 s."""
+    from ray.tune import CLIReporter
+
+    params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1] for k in spec.axes()}
+    return CLIReporter(
+        parameter_columns=params, max_report_frequency=30, max_progress_rows=40,
+        metric_columns={"epoch": "epoch", "evlb": "evlb", "recon_mse": "mse", "mi_xz": "mi_xz",
+                        "kl_qz_pz": "kl_qz_pz", "n_used_factors": "used"},
+        sort_by_metric=False)
+
+
+def _trainable():
+    from study.trainable import trainable
+    return trainable
+
+
+def counts(store: ResultStore, configs: list[TrialConfig]) -> dict[str, int]:
+    by_id = {s["trial_id"]: s["state"] for s in store.all_status()}
+    out = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 0}
+    for c in configs:
+        out[by_id.get(c.trial_id(), "pending")] += 1
+    return out

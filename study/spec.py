@@ -1,0 +1,176 @@
+"""Study specs: a trial config where values may be lists (a grid), plus study keys.
+
+    name: quickstart            # one path component under the results root
+    seeds: [0, 1]               # one more grid axis (train.seed)
+    noise: {kind: specified, sigma2: [0.01, 0.03]}
+    resources: {cpu: 1, gpu: 0} # per trial; fractional gpu shares a card
+    max_concurrent: 2
+    checkpoint: {every: 5}
+    failure: {max_retries: 1}
+    storage: results            # local path, NFS path, s3:// or gs:// URI
+
+`parse` validates everything (every expanded trial builds a TrialConfig) before
+anything starts; every error names the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from study.inputs import UsageError, check_name
+from trainables.config import SECTIONS, ConfigError, TrialConfig, nest
+
+STUDY_KEYS = {"name", "seeds", "resources", "max_concurrent", "failure", "storage", "search",
+              "num_samples", "description"}
+LIST_VALUED = {"dataset.split"}          # keys whose single value is itself a list
+DISTRIBUTIONS = {"loguniform", "uniform", "choice", "randint", "quniform", "qloguniform"}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    trial: dict[str, Any]                           # dotted trial keys -> value, list or distribution
+    seeds: tuple[int, ...] = (0,)
+    cpu: float = 1.0
+    gpu: float | None = None                       # None: 0.25 when GPUs exist, else 0
+    max_concurrent: int | None = None
+    max_retries: int = 1
+    storage: str = "results"
+    search: dict[str, Any] | None = None
+    num_samples: int | None = None
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def axes(self) -> dict[str, list]:
+        """Grid axes in spec order: dotted key -> values (seeds last)."""
+        ax = {k: v for k, v in self.trial.items() if _is_grid(k, v)}
+        ax["train.seed"] = list(self.seeds)
+        return ax
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every trial's flat config (dotted keys), in a stable order."""
+        base = {k: v for k, v in self.trial.items() if not _is_grid(k, v)}
+        ax = self.axes()
+        return [{**base, **dict(zip(ax, combo))} for combo in itertools.product(*ax.values())]
+
+    def size_line(self) -> str:
+        parts = [f"{len(v)} {k.split('.')[-1] if k != 'train.seed' else ('seeds' if len(v) > 1 else 'seed')}"
+                 for k, v in self.axes().items()]
+        n = 1
+        for v in self.axes().values():
+            n *= len(v)
+        return f"{' x '.join(parts)} = {n} trial{'s' if n != 1 else ''}"
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw, sort_keys=True, default=str)
+
+
+def _is_grid(key: str, value: Any) -> bool:
+    if key in LIST_VALUED:
+        return isinstance(value, list) and bool(value) and isinstance(value[0], list)
+    return isinstance(value, list)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and not (set(v) & DISTRIBUTIONS):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse(raw: dict[str, Any], search_ok: bool = True) -> StudySpec:
+    """Validate a spec dict (after presets and --set are merged) into a StudySpec."""
+    raw = nest(raw)
+    unknown = set(raw) - STUDY_KEYS - set(SECTIONS)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise UsageError(f"{key}: unknown key; allowed: {', '.join(sorted(STUDY_KEYS | set(SECTIONS)))}")
+    name = check_name(raw.get("name", "study"))
+    trial = _flatten({k: v for k, v in raw.items() if k in SECTIONS})
+    if "train.seed" in trial:
+        if "seeds" in raw:
+            raise UsageError("train.seed: set either `seeds` (a list) or train.seed, not both")
+        raw_seeds = trial.pop("train.seed")
+    else:
+        raw_seeds = raw.get("seeds", [0])
+    seeds = _int_list("seeds", raw_seeds)
+    res = _mapping("resources", raw.get("resources", {}), {"cpu", "gpu"})
+    cpu = _number("resources.cpu", res.get("cpu", 1), minimum=0.01)
+    gpu = res.get("gpu")
+    if gpu is not None:
+        gpu = _number("resources.gpu", gpu, minimum=0.0)
+    failure = _mapping("failure", raw.get("failure", {}), {"max_retries"})
+    retries = _int("failure.max_retries", failure.get("max_retries", 1), minimum=0)
+    mc = raw.get("max_concurrent")
+    mc = None if mc is None else _int("max_concurrent", mc, minimum=1)
+    storage = raw.get("storage", "results")
+    if not isinstance(storage, str) or not storage:
+        raise UsageError(f"storage: got {storage!r}; allowed: a local path or a s3:// / gs:// URI")
+    search = raw.get("search")
+    if search is not None and not isinstance(search, dict):
+        raise UsageError(f"search: got {search!r}; allowed: a mapping such as {{optuna: {{...}}}}")
+    spec = StudySpec(name=name, trial=trial, seeds=tuple(seeds), cpu=cpu, gpu=gpu,
+                     max_concurrent=mc, max_retries=retries, storage=storage, search=search,
+                     num_samples=raw.get("num_samples"), description=str(raw.get("description", "")),
+                     raw=raw)
+    _check_trials(spec, allow_distributions=search is not None)
+    return spec
+
+
+def _check_trials(spec: StudySpec, allow_distributions: bool) -> None:
+    for key, value in spec.trial.items():
+        if isinstance(value, list) and not value:
+            raise UsageError(f"{key}: empty grid []; allowed: a value or a non-empty list of values")
+        if isinstance(value, dict):
+            if not allow_distributions:
+                raise UsageError(f"{key}: got {value!r}; a distribution needs `search:` in the "
+                                 "spec; for a grid, give a list of values")
+    if allow_distributions:
+        return                                      # the search module checks distributions
+    for flat in spec.grid():
+        try:
+            TrialConfig.from_dict(flat)
+        except ConfigError as e:
+            bad = flat.get(e.key)
+            raise UsageError(str(e) if bad is None else f"{e}") from None
+
+
+def trial_configs(spec: StudySpec) -> list[TrialConfig]:
+    return [TrialConfig.from_dict(flat) for flat in spec.grid()]
+
+
+def _mapping(key: str, value: Any, allowed: set[str]) -> dict:
+    if not isinstance(value, dict):
+        raise UsageError(f"{key}: got {value!r}; allowed: a mapping of {', '.join(sorted(allowed))}")
+    for k in value:
+        if k not in allowed:
+            raise UsageError(f"{key}.{k}: unknown key; allowed: {', '.join(sorted(allowed))}")
+    return value
+
+
+def _number(key: str, value: Any, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise UsageError(f"{key}: got {value!r}; allowed: a number >= {minimum}")
+    return float(value)
+
+
+def _int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{key}: got {value!r}; allowed: an integer >= {minimum}")
+    return value
+
+
+def _int_list(key: str, value: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise UsageError(f"{key}: got {value!r}; allowed: a non-empty list of integers")
+    if len(set(map(str, value))) != len(value):
+        raise UsageError(f"{key}: got {value!r}; allowed: distinct integers")
+    return [_int(f"{key}[{i}]", v, 0) for i, v in enumerate(value)]

@@ -1,0 +1,37 @@
+"""The Ray Tune function trainable: one trial of a study.
+
+It rebuilds its typed config from the dict Ray hands it, sets torch's thread
+count to its CPU share, and runs `trainables.train.run_trial`, the same
+function `vaestudy train` runs, against the study's result store. Progress and
+checkpoints live on that store, keyed by the trial's config id, so a trial
+restarted by Tune (a retry, a lost node) or by `vaestudy resume` after the
+driver died continues from its latest checkpoint on storage; Tune's own
+checkpoint bookkeeping is not relied on (a SIGKILLed driver loses what it had
+not yet snapshotted).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ray import tune
+
+from trainables.config import TrialConfig
+from trainables.store import ResultStore
+from trainables.train import run_trial
+
+
+def trainable(config: dict) -> None:
+    cfg = TrialConfig.from_dict(config["trial"]["config"])
+    threads = cfg.train.threads or max(1, int(config["study"]["cpu"]))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+    store = ResultStore(config["study"]["root"], config["study"]["name"])
+    trial_id = config["trial"]["id"]
+    done = store.status(trial_id)
+    if done and done.get("state") in ("completed", "diverged") and done.get("final"):
+        tune.report({**done["final"], "state": done["state"]})    # show it in the table
+        return
+    final = run_trial(cfg, store, report=lambda m: tune.report({**m, "state": "running"}),
+                      trial_id=trial_id)
+    state = store.status(trial_id)["state"]
+    if state != "completed" and final:
+        tune.report({**final, "state": state})
