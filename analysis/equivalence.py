@@ -1,0 +1,152 @@
+"""Factor equivalence (Theorems 4-5) measured on a study's `codes` table, and App. C.
+
+- across seeds: trials of one configuration that differ only in seed, their used
+  factors' posterior means on the same evaluation points aligned by an orthogonal
+  Procrustes fit and by the best signed permutation (R^2 of both; the paper
+  predicts Procrustes near 1 and the permutation clearly lower);
+- against ground truth (data with known factors): R^2 of the best linear map from
+  the used factors to the true ones, and the axis alignment of the fitted rotation;
+- the Higgins et al. metric per trial, and under random rotations of its used
+  factors (App. C), re-encoding generated pairs with the trial's checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from itertools import combinations
+
+import numpy as np
+import polars as pl
+
+from analysis import align, load
+from analysis.higgins import GroundTruth, compute_higgins
+
+PAIR_SCHEMA = {"config_key": pl.String, "trial_a": pl.String, "trial_b": pl.String,
+               "seed_a": pl.Int64, "seed_b": pl.Int64, "k_a": pl.Int64, "k_b": pl.Int64,
+               "points": pl.Int64, "procrustes_r2": pl.Float64, "permutation_r2": pl.Float64}
+TRUTH_SCHEMA = {"trial_id": pl.String, "config_key": pl.String, "seed": pl.Int64,
+                "n_used": pl.Int64, "true_factors": pl.Int64, "linear_r2": pl.Float64,
+                "axis_alignment": pl.Float64}
+HIGGINS_SCHEMA = {"trial_id": pl.String, "config_key": pl.String, "seed": pl.Int64,
+                  "n_used": pl.Int64, "true_factors": pl.Int64, "higgins": pl.Float64,
+                  "rotated": pl.List(pl.Float64)}
+
+
+def used_factors(factors: pl.LazyFrame) -> pl.LazyFrame:
+    """(trial_id, epoch, used: list of used factor indices) from the last-epoch factors."""
+    return (factors.filter(pl.col("used")).group_by("trial_id", "epoch")
+            .agg(pl.col("factor").sort().alias("used_idx")))
+
+
+def trial_codes(trials: pl.LazyFrame, factors: pl.LazyFrame, codes: pl.LazyFrame) -> pl.DataFrame:
+    """Per usable trial with codes at its last epoch: config, seed, used indices, mu, truth."""
+    meta = trials.filter(pl.col("state").is_in(load.USABLE)).select(
+        "trial_id", "epoch", "config_key", "seed", "true_factors")
+    per_trial = codes.sort("point").group_by("trial_id", "epoch").agg("index", "mu", "truth")
+    return (meta.join(per_trial, on=["trial_id", "epoch"], how="inner")
+            .join(used_factors(factors), on=["trial_id", "epoch"], how="left")
+            .sort("config_key", "seed").collect())
+
+
+def _matrix(lists: list) -> np.ndarray:
+    return np.asarray(lists, dtype=np.float64)
+
+
+def _common(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Used-factor means of two trials on the evaluation points both hold ([M, Ka], [M, Kb])."""
+    pos_b = {ix: i for i, ix in enumerate(b["index"])}
+    ia = [i for i, ix in enumerate(a["index"]) if ix in pos_b]
+    ib = [pos_b[a["index"][i]] for i in ia]
+    ma, mb = _matrix(a["mu"])[ia], _matrix(b["mu"])[ib]
+    return ma[:, a["used_idx"] or []], mb[:, b["used_idx"] or []]
+
+
+def seed_pairs(per_trial: pl.DataFrame) -> pl.DataFrame:
+    """Procrustes vs signed-permutation R^2 for every pair of seeds of one configuration."""
+    rows = []
+    for (key,), group in per_trial.group_by("config_key", maintain_order=True):
+        for a, b in combinations(group.iter_rows(named=True), 2):
+            if a["seed"] == b["seed"]:
+                continue
+            za, zb = _common(a, b)
+            ok = za.shape[1] > 0 and zb.shape[1] > 0 and len(za) > 2
+            rows.append({"config_key": key, "trial_a": a["trial_id"], "trial_b": b["trial_id"],
+                         "seed_a": a["seed"], "seed_b": b["seed"], "k_a": za.shape[1],
+                         "k_b": zb.shape[1], "points": len(za),
+                         "procrustes_r2": align.procrustes_r2(za, zb) if ok else None,
+                         "permutation_r2": align.permutation_r2(za, zb) if ok else None})
+    return pl.DataFrame(rows, schema=PAIR_SCHEMA)
+
+
+def ground_truth(per_trial: pl.DataFrame) -> pl.DataFrame:
+    """Per trial with known factors: linear R^2 of the truth from the used factors, axis alignment."""
+    rows = []
+    for t in per_trial.filter(pl.col("true_factors").is_not_null()).iter_rows(named=True):
+        if any(v is None for v in t["truth"]):
+            continue
+        z, y = _matrix(t["mu"])[:, t["used_idx"] or []], _matrix(t["truth"])
+        ok = z.shape[1] > 0 and len(z) > z.shape[1] + 1
+        rows.append({"trial_id": t["trial_id"], "config_key": t["config_key"], "seed": t["seed"],
+                     "n_used": z.shape[1], "true_factors": t["true_factors"],
+                     "linear_r2": align.linear_r2(z, y) if ok else None,
+                     "axis_alignment": align.axis_alignment(z, y) if ok else None})
+    return pl.DataFrame(rows, schema=TRUTH_SCHEMA)
+
+
+def trial_truth(root: str, study: str, trial_id: str, config: str):
+    """(GroundTruth, representation_fn) re-encoding generated data with the trial's checkpoint."""
+    import torch
+
+    from trainables.config import TrialConfig
+    from trainables.data import intrinsic_phi
+    from trainables.vae import VAE
+
+    cfg = TrialConfig.from_dict(json.loads(config))
+    state = load.store(root, study).load_checkpoint(trial_id)
+    if cfg.dataset.name != "intrinsic" or state is None:
+        return None
+    phi, _ = intrinsic_phi(cfg.dataset)
+    vae = VAE(tuple(phi(torch.zeros(1, cfg.dataset.factors)).shape[1:]), cfg)
+    vae.load_state_dict(state["vae"])
+    vae.eval()
+
+    @torch.no_grad()
+    def encode(x: torch.Tensor) -> np.ndarray:
+        return torch.cat([vae.encoder(c)[0] for c in x.split(4096)]).double().numpy()  # [N, H]
+
+    render = lambda y: phi(torch.as_tensor(y, dtype=torch.float32))             # noqa: E731
+    return GroundTruth(cfg.dataset.factors, render), encode
+
+
+def higgins_table(root: str, study: str, trials: pl.LazyFrame, factors: pl.LazyFrame,
+                  seed: int = 0, rotations: int = 10, **hparams) -> pl.DataFrame:
+    """Per intrinsic-data trial: the Higgins metric and its values under random rotations
+    of the trial's used factors (App. C). Trials without a checkpoint are left out."""
+    meta = (trials.filter(pl.col("state").is_in(load.USABLE) & (pl.col("dataset") == "intrinsic"))
+            .join(used_factors(factors), on=["trial_id", "epoch"], how="left")
+            .select("trial_id", "config_key", "seed", "true_factors", "config", "used_idx")
+            .sort("config_key", "seed").collect())
+    rows = []
+    for t in meta.iter_rows(named=True):
+        made = trial_truth(root, study, t["trial_id"], t["config"])
+        if made is None:
+            continue
+        used = np.asarray(t["used_idx"] or [], dtype=int)
+        out = compute_higgins(*made, np.random.default_rng(seed), rotations=rotations,
+                              rotate_dims=used, **hparams)
+        rows.append({"trial_id": t["trial_id"], "config_key": t["config_key"], "seed": t["seed"],
+                     "n_used": len(used), "true_factors": t["true_factors"],
+                     "higgins": out["score"], "rotated": out["rotated"]})
+    return pl.DataFrame(rows, schema=HIGGINS_SCHEMA)
+
+
+def higgins_spread(table: pl.DataFrame) -> pl.DataFrame:
+    """Per configuration: the metric's spread across seeds and across rotations (App. C)."""
+    return (table.group_by("config_key")
+            .agg(pl.len().alias("seeds"), pl.col("higgins").mean().alias("seeds_mean"),
+                 pl.col("higgins").std().alias("seeds_std"),
+                 pl.col("higgins").min().alias("seeds_min"), pl.col("higgins").max().alias("seeds_max"),
+                 pl.col("rotated").list.explode(keep_nulls=False, empty_as_null=False).mean().alias("rotations_mean"),
+                 pl.col("rotated").list.explode(keep_nulls=False, empty_as_null=False).std().alias("rotations_std"),
+                 pl.col("rotated").list.explode(keep_nulls=False, empty_as_null=False).min().alias("rotations_min"),
+                 pl.col("rotated").list.explode(keep_nulls=False, empty_as_null=False).max().alias("rotations_max"))
+            .sort("config_key"))

@@ -1,0 +1,191 @@
+"""The paper's figures as `plot_x(frame, ax, ...) -> Axes` on Polars frames (matplotlib Agg).
+
+Each function draws on the axes it is given and labels them with units; it
+never decides whether its data exist (figures.py does, and skips the figure).
+The x-axis of Fig. 4-6 is the equivalent variance beta * sigma2 (Sec. 7.2.1),
+log-scaled as in the paper; specified noise is a line across its sweep, every
+learned (or MoG) model a marker at beta * sigma2_learnt.
+"""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+
+DPI = 150
+XLABEL = r"equivalent variance $\beta\,\sigma^2$ (pixels in [0, 1])"
+STYLE = {"specified": dict(marker="o", color="C0"), "learned": dict(marker="^", color="C1"),
+         "mog": dict(marker="s", color="C2")}
+
+
+def save(fig, path=None) -> bytes:
+    """The one save helper: PNG at 150 dpi, written to `path` when given; closes the figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    data = buf.getvalue()
+    if path is not None:
+        with open(path, "wb") as f:
+            f.write(data)
+    return data
+
+
+def new(figsize=(6.0, 4.0)):
+    fig, ax = plt.subplots(figsize=figsize)
+    return fig, ax
+
+
+def _np(frame: pl.DataFrame, *cols: str) -> list[np.ndarray]:
+    return [frame[c].cast(pl.Float64).to_numpy() for c in cols]
+
+
+def _sweep_label(r: dict, multi: bool) -> str:
+    if not multi:
+        return "specified noise (mean ± sd over seeds)"
+    return f"specified, β={r['beta']:g}, H={r['latent_dim']}"
+
+
+def plot_vs_equivalent(rows: pl.DataFrame, table: pl.DataFrame, ax: Axes, y: str,
+                       ylabel: str) -> Axes:
+    """Fig. 4-6: metric `y` against beta * sigma2; the specified sweep as a line, each
+    learned/MoG trial as a marker. `table` is the intrinsic-dimension table
+    (`{y}_mean`, `{y}_std` per configuration), `rows` one row per trial."""
+    spec = table.filter(pl.col("noise") == "specified")
+    groups = spec.partition_by("beta", "latent_dim", "dataset", maintain_order=True)
+    for g in groups:
+        g = g.sort("equivalent_sigma2")
+        x, m, s = _np(g, "equivalent_sigma2", f"{y}_mean", f"{y}_std")
+        line = ax.errorbar(x, m, yerr=np.nan_to_num(s), capsize=2, lw=1.2, ms=4,
+                           label=_sweep_label(g.row(0, named=True), len(groups) > 1),
+                           **(STYLE["specified"] if len(groups) == 1 else {"marker": "o"}))
+        line[0].set_zorder(2)
+    for kind in ("learned", "mog"):
+        pts = rows.filter(pl.col("noise") == kind)
+        if pts.height:
+            x, v = _np(pts, "equivalent_sigma2", y)
+            ax.scatter(x, v, s=36, zorder=3, label=f"{kind} noise (one per trial)",
+                       edgecolor="k", lw=0.5, **STYLE[kind])
+    ax.set_xscale("log")
+    ax.set_xlabel(XLABEL)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_used_vs_p(rows: pl.DataFrame, table: pl.DataFrame, ax: Axes) -> Axes:
+    """Theorem 1: used-factor count against beta * sigma2, seed spread (min-max) as a band,
+    the data's true P as a horizontal line."""
+    plot_vs_equivalent(rows, table, ax, "n_used", "used factors (mi_h > 0.5 nats)")
+    for g in table.filter(pl.col("noise") == "specified").partition_by(
+            "beta", "latent_dim", "dataset", maintain_order=True):
+        g = g.sort("equivalent_sigma2")
+        x, lo, hi = _np(g, "equivalent_sigma2", "n_used_min", "n_used_max")
+        ax.fill_between(x, lo, hi, alpha=0.2, color="C0", lw=0, label="seed range (min-max)")
+    P = table["true_factors"].drop_nulls()
+    if P.len():
+        ax.axhline(int(P[0]), color="k", ls="--", lw=1, label=f"true P = {int(P[0])}")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_factor_pulses(factors: pl.DataFrame, top: Axes, bottom: Axes, threshold: float = 0.5):
+    """Fig. 2/16: per-factor MI as pulses up (top), mean posterior variance as pulses down."""
+    f = factors.sort("factor")
+    h, mi, var = _np(f, "factor", "mi", "post_var")
+    top.vlines(h, 0, mi, color="C0", lw=2)
+    top.axhline(threshold, color="C3", ls=":", lw=1, label=f"used: mi > {threshold:g} nats")
+    top.set_ylabel("MI $I(x; z_h)$ [nats]")
+    top.legend(fontsize=8, loc="upper right")
+    bottom.vlines(h, 0, var, color="C1", lw=2)
+    bottom.set_ylim(max(1.1, float(np.nanmax(var)) * 1.05), 0)      # pulses point down
+    bottom.set_ylabel(r"mean $\sigma_z^2$")
+    bottom.set_xlabel("latent factor h")
+    return top, bottom
+
+
+def plot_learned(rows: pl.DataFrame, ax: Axes, y: str, ylabel: str, log: bool) -> Axes:
+    """Fig. 8 (learned sigma2 vs beta) and Fig. 9 (beta * sigma2 vs beta)."""
+    rows = rows.sort("beta")
+    x, v = _np(rows, "beta", y)
+    ax.scatter(x, v, s=30, zorder=3, label="one trial", **STYLE["learned"])
+    mean = rows.group_by("beta", maintain_order=True).agg(pl.col(y).mean())
+    ax.plot(*_np(mean, "beta", y), color="C1", lw=1, label="mean over seeds")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(r"$\beta$")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_equivalence(pairs: pl.DataFrame, ax: Axes) -> Axes:
+    """Theorems 4-5: Procrustes R^2 (rotation) against signed-permutation R^2, one point per
+    pair of seeds; points above the diagonal are seeds that agree up to a rotation only."""
+    x, y = _np(pairs, "permutation_r2", "procrustes_r2")
+    ax.scatter(x, y, s=30, color="C2", edgecolor="k", lw=0.5, zorder=3, label="pair of seeds")
+    lo = float(min(0.0, np.nanmin(np.r_[x, y])))
+    ax.plot([lo, 1], [lo, 1], color="k", ls="--", lw=1, label="equal")
+    ax.set_xlim(lo - 0.02, 1.02)
+    ax.set_ylim(lo - 0.02, 1.02)
+    ax.set_xlabel(r"$R^2$ after the best signed permutation")
+    ax.set_ylabel(r"$R^2$ after orthogonal Procrustes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_higgins(table: pl.DataFrame, labels: dict[str, str], ax: Axes) -> Axes:
+    """App. C: the Higgins metric per seed (dots) and under random rotations of the same
+    latent space (box), per configuration; chance 1/P as a line."""
+    keys = list(dict.fromkeys(table["config_key"].to_list()))
+    for i, key in enumerate(keys):
+        g = table.filter(pl.col("config_key") == key)
+        rot = [v for r in g["rotated"].to_list() for v in (r or [])]
+        if rot:
+            ax.boxplot([rot], positions=[i], widths=0.5, showfliers=False,
+                       label="random rotations" if i == 0 else None)
+        ax.scatter(np.full(g.height, i) + 0.12, g["higgins"].to_numpy(), color="C3", s=25,
+                   zorder=3, label="learned, one per seed" if i == 0 else None)
+    P = int(table["true_factors"].drop_nulls()[0])
+    ax.axhline(1 / P, color="k", ls="--", lw=1, label=f"chance 1/P = {1 / P:.2f}")
+    ax.set_xticks(range(len(keys)), [labels.get(k, k) for k in keys], rotation=30, ha="right",
+                  fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("configuration")
+    ax.set_ylabel("Higgins et al. metric (accuracy)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_tradeoff(frame: pl.DataFrame, ax: Axes, x: str = "kl_qz_pz", y: str = "evlb") -> Axes:
+    """Reconstruction (EVLB, nats) against disentanglement (kl_qz_pz, nats), front marked."""
+    xs, ys, used = _np(frame, x, y, "n_used_factors")
+    sc = ax.scatter(xs, ys, c=used, cmap="viridis", s=30, edgecolor="k", lw=0.4, zorder=3)
+    ax.figure.colorbar(sc, ax=ax, label="used factors")
+    front = frame.filter(pl.col("pareto")).sort(x)
+    ax.plot(*_np(front, x, y), color="C3", lw=1.5, marker="o", mfc="none", ms=9,
+            drawstyle="steps-post", label="Pareto front")
+    ax.set_xlabel(r"$KL(q(z)\,\|\,p(z))$ estimate, kl_qz_pz [nats] (lower: closer to prior)")
+    ax.set_ylabel("EVLB [nats per test point] (higher: better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_traversal(png: bytes, ax: Axes, title: str) -> Axes:
+    """Fig. 12-16: one trial's traversal montage (a block per factor, a row per seed image)."""
+    img = plt.imread(io.BytesIO(png), format="png")
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("latent value -3 ... 3")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
