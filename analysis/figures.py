@@ -100,7 +100,8 @@ def _higgins(t: Tables):
     if not table.height:
         return "no intrinsic-data trial with a checkpoint (the metric re-encodes generated pairs)"
     fig, ax = plots.new((max(6.0, 0.6 * table["config_key"].n_unique() + 2), 4.5))
-    plots.plot_higgins(table, t.labels, ax)
+    order = t.get("intrinsic")["config_key"].to_list() if t.get("intrinsic").height else None
+    plots.plot_higgins(table, t.labels, ax, order)
     return fig
 
 

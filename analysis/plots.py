@@ -16,10 +16,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 DPI = 150
 XLABEL = r"equivalent variance $\beta\,\sigma^2$ (pixels in [0, 1])"
+PAPER_FIG8 = {0.5: 0.0017, 1.0: 0.0025, 10.0: 0.011}    # Sec. 8: learned sigma2 on MNIST
 STYLE = {"specified": dict(marker="o", color="C0"), "learned": dict(marker="^", color="C1"),
          "mog": dict(marker="s", color="C2")}
 
@@ -39,6 +42,14 @@ def save(fig, path=None) -> bytes:
 def new(figsize=(6.0, 4.0)):
     fig, ax = plt.subplots(figsize=figsize)
     return fig, ax
+
+
+def log_x(ax: Axes) -> None:
+    """Log x-axis labelled at 1, 2, 5 x 10^k in plain numbers (no crowded minor labels)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _np(frame: pl.DataFrame, *cols: str) -> list[np.ndarray]:
@@ -71,7 +82,10 @@ def plot_vs_equivalent(rows: pl.DataFrame, table: pl.DataFrame, ax: Axes, y: str
             x, v = _np(pts, "equivalent_sigma2", y)
             ax.scatter(x, v, s=36, zorder=3, label=f"{kind} noise (one per trial)",
                        edgecolor="k", lw=0.5, **STYLE[kind])
-    ax.set_xscale("log")
+    log_x(ax)
+    if y.startswith("n_"):                                            # a count of factors
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.set_ylim(bottom=min(-0.3, ax.get_ylim()[0]), top=max(1.3, ax.get_ylim()[1]))
     ax.set_xlabel(XLABEL)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
@@ -117,6 +131,9 @@ def plot_learned(rows: pl.DataFrame, ax: Axes, y: str, ylabel: str, log: bool) -
     ax.scatter(x, v, s=30, zorder=3, label="one trial", **STYLE["learned"])
     mean = rows.group_by("beta", maintain_order=True).agg(pl.col(y).mean())
     ax.plot(*_np(mean, "beta", y), color="C1", lw=1, label="mean over seeds")
+    if y == "sigma2" and (rows["dataset"] == "mnist").any():
+        ax.scatter(list(PAPER_FIG8), list(PAPER_FIG8.values()), marker="x", color="k",
+                   label="paper, MNIST (Sec. 8)", zorder=4)
     if log:
         ax.set_yscale("log")
     ax.set_xlabel(r"$\beta$")
@@ -142,26 +159,31 @@ def plot_equivalence(pairs: pl.DataFrame, ax: Axes) -> Axes:
     return ax
 
 
-def plot_higgins(table: pl.DataFrame, labels: dict[str, str], ax: Axes) -> Axes:
+def plot_higgins(table: pl.DataFrame, labels: dict[str, str], ax: Axes,
+                 order: list[str] | None = None) -> Axes:
     """App. C: the Higgins metric per seed (dots) and under random rotations of the same
     latent space (box), per configuration; chance 1/P as a line."""
-    keys = list(dict.fromkeys(table["config_key"].to_list()))
+    keys = [k for k in (order or []) if k in set(table["config_key"])]
+    keys += [k for k in dict.fromkeys(table["config_key"].to_list()) if k not in keys]
     for i, key in enumerate(keys):
         g = table.filter(pl.col("config_key") == key)
         rot = [v for r in g["rotated"].to_list() for v in (r or [])]
         if rot:
-            ax.boxplot([rot], positions=[i], widths=0.5, showfliers=False,
-                       label="random rotations" if i == 0 else None)
+            ax.boxplot([rot], positions=[i], widths=0.5, showfliers=False)
         ax.scatter(np.full(g.height, i) + 0.12, g["higgins"].to_numpy(), color="C3", s=25,
-                   zorder=3, label="learned, one per seed" if i == 0 else None)
+                   zorder=3)
     P = int(table["true_factors"].drop_nulls()[0])
-    ax.axhline(1 / P, color="k", ls="--", lw=1, label=f"chance 1/P = {1 / P:.2f}")
+    ax.axhline(1 / P, color="k", ls="--", lw=1)
+    handles = [Patch(facecolor="none", edgecolor="k", label="random rotations of the used factors"),
+               plt.Line2D([], [], ls="", marker="o", color="C3", label="trained model, one per seed"),
+               plt.Line2D([], [], ls="--", color="k", label=f"chance 1/P = {1 / P:.2f}")]
     ax.set_xticks(range(len(keys)), [labels.get(k, k) for k in keys], rotation=30, ha="right",
                   fontsize=7)
+    ax.set_xlim(-0.6, len(keys) - 0.4)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("configuration")
-    ax.set_ylabel("Higgins et al. metric (accuracy)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("Higgins et al. metric (held-out accuracy)")
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
     return ax
 
 

@@ -67,7 +67,9 @@ def compute_tables(root: str, study: str, *, higgins: bool = True, threshold: fl
     trials = load.trials(root, study).collect()
     factors = load.factors(root, study).collect()
     rows = intrinsic.per_trial(trials.lazy(), factors.lazy(), threshold).collect()
-    frames = {"states": state_counts(trials, load.status_frame(root, study)),
+    status = load.status_frame(root, study)
+    frames = {"states": state_counts(trials, status),
+              "failures": status.filter(pl.col("state").is_in(["failed", "diverged"])),
               "per_trial": rows,
               "intrinsic_dimension": intrinsic.aggregate(rows.lazy()).collect(),
               "learned_noise": intrinsic.learned_noise(rows.lazy()).collect(),
@@ -102,33 +104,43 @@ def lead(study: str, t: figures.Tables) -> str:
     return (said + " " if said else "") + f"Study {study!r}: {counts}."
 
 
-def blocks(root: str, study: str, t: figures.Tables, drawn: list) -> list[tuple]:
-    spec = load.study_spec(root, study)
-    L = t.labels
+def _overview(study: str, t: figures.Tables) -> list[tuple]:
     out = [("h", 1, f"Study {study}: analysis report"), ("lead", lead(study, t)),
-           ("h", 2, "Trials by state"), ("table", t.get("states")),
-           ("h", 2, "Intrinsic dimension (Theorem 1)"),
-           ("p", "Per configuration across seeds at each trial's last evaluated epoch; used "
-                 "factors have mi_h > 0.5 nats (App. E); equivalent variance is beta * sigma2 "
-                 "(Sec. 7.2.1), learned sigma2 for learned noise."),
-           ("table", t.get("intrinsic").select(INTRINSIC_COLS))]
-    out += [("h", 2, "Figures")] + [("figure", d) for d in drawn]
-    out += [("h", 2, "Factor equivalence (Theorems 4-5)"),
-            ("p", "Pairs of seeds of one configuration: R^2 after aligning their used factors "
-                  "by an orthogonal Procrustes fit and by the best signed permutation."),
-            ("table", _labelled(t.get("seed_pairs"), L)),
-            ("h", 3, "Against the ground-truth factors"),
-            ("table", _labelled(t.get("ground_truth"), L)),
-            ("h", 3, "Higgins et al. metric (App. C)"),
-            ("table", _labelled(t.get("higgins_spread"), L)),
-            ("h", 2, "Trade-off: Pareto-optimal trials (max EVLB, min kl_qz_pz)"),
-            ("table", _labelled(t.get("tradeoff").filter(pl.col("pareto")), L)
-             if t.get("tradeoff").height else t.get("tradeoff")),
-            ("h", 2, "Learned noise (Fig. 8-9)"), ("table", t.get("learned_noise")),
-            ("h", 2, "Spec"),
-            ("pre", json.dumps(spec, indent=1, default=str) if spec else
-             "(no study.json: a `vaestudy train` study)")]
-    return out
+           ("h", 2, "Trials by state"), ("table", t.get("states"))]
+    if t.get("failures").height:
+        out += [("p", "Trials that failed or diverged, with their reason:"),
+                ("table", t.get("failures"))]
+    return out + [
+        ("h", 2, "Intrinsic dimension (Theorem 1)"),
+        ("p", "Per configuration across seeds at each trial's last evaluated epoch; used factors "
+              "have mi_h > 0.5 nats (App. E); the equivalent variance is beta * sigma2 "
+              "(Sec. 7.2.1), with the learned sigma2 for learned noise."),
+        ("table", t.get("intrinsic").select(INTRINSIC_COLS))]
+
+
+def _equivalence(t: figures.Tables) -> list[tuple]:
+    L, front = t.labels, t.get("tradeoff")
+    return [
+        ("h", 2, "Factor equivalence (Theorems 4-5)"),
+        ("p", "Pairs of seeds of one configuration: R^2 after aligning their used factors by an "
+              "orthogonal Procrustes fit and by the best signed permutation."),
+        ("table", _labelled(t.get("seed_pairs"), L)),
+        ("h", 3, "Against the ground-truth factors"),
+        ("table", _labelled(t.get("ground_truth"), L)),
+        ("h", 3, "Higgins et al. metric (App. C): across seeds and under random rotations"),
+        ("table", _labelled(t.get("higgins_spread"), L)),
+        ("h", 2, "Trade-off: Pareto-optimal trials (max EVLB, min kl_qz_pz)"),
+        ("table", _labelled(front.filter(pl.col("pareto")), L) if front.height else front),
+        ("h", 2, "Learned noise (Fig. 8-9)"), ("table", t.get("learned_noise"))]
+
+
+def blocks(root: str, study: str, t: figures.Tables, drawn: list) -> list[tuple]:
+    """The report's content, in order, for `render.markdown` and `render.to_html`."""
+    spec = load.study_spec(root, study)
+    text = json.dumps(spec, indent=1, default=str) if spec else \
+        "(no study.json: a `vaestudy train` study)"
+    return (_overview(study, t) + [("h", 2, "Figures")] + [("figure", d) for d in drawn]
+            + _equivalence(t) + [("h", 2, "Spec"), ("pre", text)])
 
 
 def write_tables(st, frames: dict[str, pl.DataFrame]) -> None:

@@ -1,0 +1,170 @@
+"""Analysis tables on a hand-built results set written with the store's own schemas:
+loading (dedupe, state, last epoch), the intrinsic-dimension table (Theorem 1), the
+trade-off's Pareto flag, the CLI summary and a report without checkpoints or codes."""
+import json
+from datetime import datetime, timedelta, timezone
+
+import polars as pl
+import pytest
+
+from analysis import figures, intrinsic, load, report, tradeoff
+from analysis.tradeoff import pareto_mask
+from trainables.config import TrialConfig
+from trainables.store import ResultStore
+
+STUDY = "handmade"
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def config(sigma2=0.01, seed=0, kind="specified", beta=1.0):
+    return TrialConfig.from_dict({"dataset": {"name": "intrinsic", "factors": 3},
+                                  "model": {"latent_dim": 4},
+                                  "noise": {"kind": kind, "sigma2": sigma2, "beta": beta},
+                                  "train": {"seed": seed}})
+
+
+def trial_row(cfg, trial_id, epoch, used, evlb, written=0, sigma2=None):
+    s2 = cfg.noise.sigma2 if sigma2 is None else sigma2
+    return {"study": STUDY, "trial_id": trial_id, "epoch": epoch, "status": "running",
+            "dataset": "intrinsic", "noise": cfg.noise.kind, "beta": cfg.noise.beta,
+            "sigma2": s2, "equivalent_sigma2": cfg.noise.beta * s2, "latent_dim": 4,
+            "seed": cfg.train.seed, "evlb": evlb, "recon_mse": 0.01, "kl_post_prior": 5.0,
+            "mi_xz": 2.0 * used, "kl_qz_pz": 1.0 / (1 + used), "kl_qstar_pz": 0.5,
+            "n_used_factors": used, "n_normal_variance_factors": 4 - used, "train_loss": 1.0,
+            "noise_pi": None, "noise_sigma2_k": None, "eval_points": 100,
+            "used_threshold": 0.5, "var_floor": 1e-6, "true_factors": 3,
+            "config": json.dumps(cfg.to_dict(), sort_keys=True), "code_version": "test",
+            "host": "h", "wall_time": 1.0, "written_at": T0 + timedelta(seconds=written)}
+
+
+def factor_rows(trial_id, epoch, used):
+    return [{"study": STUDY, "trial_id": trial_id, "epoch": epoch, "factor": h,
+             "mi": 2.0 if h < used else 0.01, "post_var": 0.1 if h < used else 1.0,
+             "qstar_var": 1.0, "used": h < used} for h in range(4)]
+
+
+def write_trial(store, cfg, used_by_epoch, state="completed", evlb=100.0):
+    tid = cfg.trial_id()
+    for e, used in enumerate(used_by_epoch, start=1):
+        rows = {"trials": [trial_row(cfg, tid, e, used, evlb + e)],
+                "factors": factor_rows(tid, e, used)}
+        store.write_segment(tid, rows, e, e)
+    if state != "running":
+        store.finish(tid, state)
+    else:
+        store.set_status(tid, "running")
+    return tid
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Two sigma2 values x 2 seeds (one still running), a learned trial, a failed trial,
+    and a duplicated epoch left by a crash window (two files, the later write wins)."""
+    root = str(tmp_path_factory.mktemp("results"))
+    st = ResultStore(root, STUDY)
+    ids = {"a0": write_trial(st, config(0.001, 0), [2, 3]),
+           "a1": write_trial(st, config(0.001, 1), [3, 4]),
+           "b0": write_trial(st, config(0.1, 0), [1, 1], evlb=50.0),
+           "b1": write_trial(st, config(0.1, 1), [2], state="running", evlb=60.0),
+           "l0": write_trial(st, config(0.01, 0, "learned", 2.0), [3], evlb=80.0)}
+    stale = trial_row(config(0.001, 1), ids["a1"], 2, 0, -1.0, written=-5)
+    st.write_segment(ids["a1"], {"trials": [stale]}, 2, 2)          # epoch 2 of a1 again
+    st.set_status("tfailed", "failed", error="<b>boom</b> & co")
+    return root, ids
+
+
+def test_loading_dedupes_on_trial_and_epoch_keeping_the_latest_write(study):
+    root, ids = study
+    every = load.trials(root, STUDY, last=False).collect()
+    assert every.select("trial_id", "epoch").is_duplicated().sum() == 0
+    a1 = every.filter((pl.col("trial_id") == ids["a1"]) & (pl.col("epoch") == 2))
+    assert a1["evlb"].to_list() == [102.0]                           # not the stale -1.0
+    raw = load.scan(root, STUDY, "trials").collect()
+    assert raw.height == every.height + 1
+
+
+def test_last_epoch_state_and_config_key(study):
+    root, ids = study
+    last = load.trials(root, STUDY).collect()
+    assert sorted(last["trial_id"]) == sorted(ids.values())
+    row = last.filter(pl.col("trial_id") == ids["a0"]).row(0, named=True)
+    assert row["epoch"] == 2 and row["state"] == "completed" and row["sigma2_cfg"] == 0.001
+    assert last.filter(pl.col("trial_id") == ids["b1"])["state"][0] == "running"
+    keys = dict(zip(last["trial_id"], last["config_key"]))
+    assert keys[ids["a0"]] == keys[ids["a1"]] != keys[ids["b0"]] == keys[ids["b1"]]
+
+
+def test_intrinsic_dimension_table_by_hand(study):
+    root, _ = study
+    t = intrinsic.from_study(root, STUDY)
+    assert t.height == 3
+    a = t.filter((pl.col("noise") == "specified") & (pl.col("sigma2_cfg") == 0.001)).row(0, named=True)
+    assert a["seeds"] == 2 and a["n_used_mean"] == 3.5 and a["n_used_min"] == 3
+    assert a["n_used_max"] == 4 and a["n_used_std"] == pytest.approx(0.7071, abs=1e-4)
+    assert a["frac_at_P"] == 0.5 and a["mae_P"] == 0.5 and a["true_factors"] == 3
+    assert a["n_normal_mean"] == 0.5 and a["evlb_mean"] == 102.0
+    b = t.filter(pl.col("sigma2_cfg") == 0.1).row(0, named=True)   # running seed included
+    assert b["seeds"] == 2 and b["n_used_mean"] == 1.5 and b["n_running"] == 1
+    learned = t.filter(pl.col("noise") == "learned").row(0, named=True)
+    assert learned["equivalent_sigma2"] == pytest.approx(0.02) and learned["frac_at_P"] == 1.0
+
+
+def test_threshold_recounts_used_factors_from_the_factors_table(study):
+    root, _ = study
+    t = intrinsic.from_study(root, STUDY, threshold=5.0)
+    assert t["n_used_max"].max() == 0
+
+
+def test_reached_p_sentence_and_summary_table(study):
+    root, _ = study
+    text = intrinsic.reached_p(intrinsic.from_study(root, STUDY))
+    assert text.startswith("Theorem 1 check: Yes") and "P = 3" in text
+    summary = report.summary_table(root, STUDY)
+    lines = summary.splitlines()
+    assert len(lines) == 1 + 3 + 1 and "3.50 ± 0.71" in summary and "P = 3" in lines[-1]
+
+
+def test_empty_tables_and_missing_study_are_empty_frames(tmp_path):
+    assert load.trials(str(tmp_path), "none").collect().is_empty()
+    assert load.codes(str(tmp_path), "none").collect().is_empty()
+    assert report.summary_table(str(tmp_path), "none") == "no finished trial yet"
+
+
+def test_pareto_mask_is_non_dominated_and_complete():
+    f = pl.DataFrame({"evlb": [1.0, 2.0, 2.0, 0.5, 3.0, None, 2.0],
+                      "kl": [1.0, 2.0, 1.5, 0.5, 3.0, 0.1, 1.5]})
+    m = pareto_mask(f, {"evlb": "max", "kl": "min"}).to_list()
+    assert m == [True, False, True, True, True, False, True]          # ties both kept
+    assert pareto_mask(f.lazy(), {"kl": "min"}).to_list() == [False] * 5 + [True, False]
+    with pytest.raises(ValueError, match="direction"):
+        pareto_mask(f, {"evlb": "up"})
+    with pytest.raises(ValueError, match="no column"):
+        pareto_mask(f, {"missing": "max"})
+
+
+def test_tradeoff_marks_the_front(study):
+    root, _ = study
+    t = tradeoff.tradeoff(load.trials(root, STUDY)).to_dicts()
+
+    def beats(f, r):
+        return (f["evlb"] >= r["evlb"] and f["kl_qz_pz"] <= r["kl_qz_pz"] and
+                (f["evlb"] > r["evlb"] or f["kl_qz_pz"] < r["kl_qz_pz"]))
+
+    assert len(t) == 5 and any(r["pareto"] for r in t)
+    for r in t:                                  # front: nothing beats it; the rest: beaten
+        assert r["pareto"] == (not any(beats(f, r) for f in t))
+
+
+def test_report_without_codes_or_checkpoints_skips_figures_with_notes(study):
+    root, _ = study
+    path = report.build_report(root, STUDY)
+    page = path.read_text()
+    assert "&lt;b&gt;boom&lt;/b&gt; &amp; co" in page and "<b>boom" not in page
+    assert "Theorem 1 check" in page
+    md = (path.parent / "report.md").read_text()
+    for name in ("equivalence", "higgins", "traversals"):
+        assert "skipped" in md and figures.FIGURES[name].caption in md
+        assert not (path.parent / "analysis" / "figures" / f"{name}.png").exists()
+    assert (path.parent / "analysis" / "figures" / "fig4_evlb.png").stat().st_size > 1000
+    states = pl.read_parquet(path.parent / "analysis" / "states.parquet")
+    assert dict(states.iter_rows()) == {"completed": 4, "failed": 1, "running": 1}
