@@ -133,12 +133,17 @@ def _check_trials(spec: StudySpec, allow_distributions: bool) -> None:
                                  "spec; for a grid, give a list of values")
     if allow_distributions:
         return                                      # the search module checks distributions
+    seen: dict[str, dict] = {}
     for flat in spec.grid():
         try:
-            TrialConfig.from_dict(flat)
+            tid = TrialConfig.from_dict(flat).trial_id()
         except ConfigError as e:
-            bad = flat.get(e.key)
-            raise UsageError(str(e) if bad is None else f"{e}") from None
+            raise UsageError(str(e)) from None
+        if tid in seen:
+            diff = sorted(k for k in flat if flat[k] != seen[tid].get(k))
+            raise UsageError(f"{', '.join(diff) or 'grid'}: two grid points make the same trial "
+                             f"({tid}); these keys do not change what a trial computes")
+        seen[tid] = flat
 
 
 def trial_configs(spec: StudySpec) -> list[TrialConfig]:

@@ -18,6 +18,7 @@ DATASETS = ("mnist", "intrinsic", "npz", "image_folder")
 ARCHS = ("auto", "conv2", "conv4", "mnist", "celeba", "yaleb")
 SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
+RUNTIME_KEYS = ("threads",)
 
 
 class ConfigError(ValueError):
@@ -177,8 +178,12 @@ class TrialConfig:
         return {f"{s}.{k}": v for s, d in self.to_dict().items() for k, v in d.items()}
 
     def trial_id(self) -> str:
-        """Stable id of this configuration: the same config always names the same trial."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """Stable id of this configuration: the same config always names the same trial.
+
+        How many threads it gets (train.threads, set from its CPU share) is not part of it."""
+        d = self.to_dict()
+        d["train"] = {k: v for k, v in d["train"].items() if k not in RUNTIME_KEYS}
+        blob = json.dumps(d, sort_keys=True, default=str)
         return "t" + hashlib.sha256(blob.encode()).hexdigest()[:11]
 
 

@@ -168,6 +168,9 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
     if done and done["state"] in ("completed", "diverged"):
         log(f"[{trial_id}] already {done['state']}; nothing to do")
         return done.get("final", {})
+    attempts = (done or {}).get("attempts", 0) + 1
+    store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs,
+                     attempts=attempts)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
@@ -180,7 +183,6 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
         load_state(run, state)
         log(f"[{trial_id}] resuming after epoch {run.epoch} from its checkpoint")
     store.rollback(trial_id, run.epoch)
-    store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs)
     last: dict = {}
     while run.epoch < cfg.train.epochs:
         t0 = time.perf_counter()
