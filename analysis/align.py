@@ -84,9 +84,20 @@ def signed_permutation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return w
 
 
+def pad(x: np.ndarray, k: int) -> np.ndarray:
+    """x [M, K'] with zero columns appended up to k: a factor absent from one set is 0 there."""
+    return np.hstack([x, np.zeros((len(x), k - x.shape[1]))])
+
+
 def aligned_r2(a: np.ndarray, b: np.ndarray, fit=procrustes) -> float:
-    """R^2 of b from a after `fit` (procrustes or signed_permutation), both directions averaged."""
-    a, b = center(a), center(b)
+    """R^2 of b from a after `fit` (procrustes or signed_permutation), both directions averaged.
+
+    Both sets are zero-padded to the larger count, so each fit is an exact least-squares
+    problem and variance of factors that the other set lacks counts as unexplained;
+    a signed permutation is an orthogonal matrix, so Procrustes' R^2 is never lower.
+    """
+    k = max(a.shape[1], b.shape[1])
+    a, b = pad(center(a), k), pad(center(b), k)
     return 0.5 * (r2(a @ fit(a, b), b) + r2(b @ fit(b, a), a))
 
 

@@ -56,10 +56,20 @@ def _np(frame: pl.DataFrame, *cols: str) -> list[np.ndarray]:
     return [frame[c].cast(pl.Float64).to_numpy() for c in cols]
 
 
-def _sweep_label(r: dict, multi: bool) -> str:
-    if not multi:
-        return "specified noise (mean ± sd over seeds)"
-    return f"specified, β={r['beta']:g}, H={r['latent_dim']}"
+SWEEP_COLORS = ("C0", "C4", "C5", "C6", "C7", "C8", "C9")     # C1, C2 mark learned and MoG
+
+
+def spec_groups(table: pl.DataFrame) -> list[tuple[pl.DataFrame, str, str]]:
+    """(rows, colour, label) per specified-noise sweep (one per beta, latent size, data set)."""
+    spec = table.filter(pl.col("noise") == "specified")
+    groups = spec.partition_by("beta", "latent_dim", "dataset", maintain_order=True)
+    out = []
+    for i, g in enumerate(groups):
+        r = g.row(0, named=True)
+        label = ("specified noise (mean ± sd over seeds)" if len(groups) == 1 else
+                 f"specified, β={r['beta']:g}, H={r['latent_dim']}")
+        out.append((g.sort("equivalent_sigma2"), SWEEP_COLORS[i % len(SWEEP_COLORS)], label))
+    return out
 
 
 def plot_vs_equivalent(rows: pl.DataFrame, table: pl.DataFrame, ax: Axes, y: str,
@@ -67,15 +77,10 @@ def plot_vs_equivalent(rows: pl.DataFrame, table: pl.DataFrame, ax: Axes, y: str
     """Fig. 4-6: metric `y` against beta * sigma2; the specified sweep as a line, each
     learned/MoG trial as a marker. `table` is the intrinsic-dimension table
     (`{y}_mean`, `{y}_std` per configuration), `rows` one row per trial."""
-    spec = table.filter(pl.col("noise") == "specified")
-    groups = spec.partition_by("beta", "latent_dim", "dataset", maintain_order=True)
-    for g in groups:
-        g = g.sort("equivalent_sigma2")
+    for g, color, label in spec_groups(table):
         x, m, s = _np(g, "equivalent_sigma2", f"{y}_mean", f"{y}_std")
-        line = ax.errorbar(x, m, yerr=np.nan_to_num(s), capsize=2, lw=1.2, ms=4,
-                           label=_sweep_label(g.row(0, named=True), len(groups) > 1),
-                           **(STYLE["specified"] if len(groups) == 1 else {"marker": "o"}))
-        line[0].set_zorder(2)
+        ax.errorbar(x, m, yerr=np.nan_to_num(s), capsize=2, lw=1.2, ms=4, marker="o",
+                    color=color, label=label)
     for kind in ("learned", "mog"):
         pts = rows.filter(pl.col("noise") == kind)
         if pts.height:
@@ -97,11 +102,10 @@ def plot_used_vs_p(rows: pl.DataFrame, table: pl.DataFrame, ax: Axes) -> Axes:
     """Theorem 1: used-factor count against beta * sigma2, seed spread (min-max) as a band,
     the data's true P as a horizontal line."""
     plot_vs_equivalent(rows, table, ax, "n_used", "used factors (mi_h > 0.5 nats)")
-    for g in table.filter(pl.col("noise") == "specified").partition_by(
-            "beta", "latent_dim", "dataset", maintain_order=True):
-        g = g.sort("equivalent_sigma2")
+    for i, (g, color, _) in enumerate(spec_groups(table)):
         x, lo, hi = _np(g, "equivalent_sigma2", "n_used_min", "n_used_max")
-        ax.fill_between(x, lo, hi, alpha=0.2, color="C0", lw=0, label="seed range (min-max)")
+        ax.fill_between(x, lo, hi, alpha=0.18, color=color, lw=0,
+                        label="seed range (min-max)" if i == 0 else None)
     P = table["true_factors"].drop_nulls()
     if P.len():
         ax.axhline(int(P[0]), color="k", ls="--", lw=1, label=f"true P = {int(P[0])}")
@@ -136,6 +140,8 @@ def plot_learned(rows: pl.DataFrame, ax: Axes, y: str, ylabel: str, log: bool) -
                    label="paper, MNIST (Sec. 8)", zorder=4)
     if log:
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel(r"$\beta$")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
@@ -143,19 +149,25 @@ def plot_learned(rows: pl.DataFrame, ax: Axes, y: str, ylabel: str, log: bool) -
     return ax
 
 
-def plot_equivalence(pairs: pl.DataFrame, ax: Axes) -> Axes:
+def plot_equivalence(pairs: pl.DataFrame, ax: Axes, floor: float = -1.0) -> Axes:
     """Theorems 4-5: Procrustes R^2 (rotation) against signed-permutation R^2, one point per
-    pair of seeds; points above the diagonal are seeds that agree up to a rotation only."""
+    pair of seeds; points above the diagonal are seeds that agree up to a rotation only.
+    R^2 below `floor` (seeds using very different factor counts) is drawn at the floor."""
     x, y = _np(pairs, "permutation_r2", "procrustes_r2")
-    ax.scatter(x, y, s=30, color="C2", edgecolor="k", lw=0.5, zorder=3, label="pair of seeds")
+    low = (x < floor) | (y < floor)
+    x, y = np.maximum(x, floor), np.maximum(y, floor)
+    kw = dict(s=30, color="C2", edgecolor="k", lw=0.5, zorder=3)
+    ax.scatter(x[~low], y[~low], label="pair of seeds", **kw)
+    if low.any():
+        ax.scatter(x[low], y[low], marker="v", label=f"R^2 < {floor:g}, drawn at {floor:g}", **kw)
     lo = float(min(0.0, np.nanmin(np.r_[x, y])))
     ax.plot([lo, 1], [lo, 1], color="k", ls="--", lw=1, label="equal")
-    ax.set_xlim(lo - 0.02, 1.02)
-    ax.set_ylim(lo - 0.02, 1.02)
+    ax.set_xlim(lo - 0.03, 1.03)
+    ax.set_ylim(lo - 0.03, 1.03)
     ax.set_xlabel(r"$R^2$ after the best signed permutation")
     ax.set_ylabel(r"$R^2$ after orthogonal Procrustes")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     return ax
 
 
@@ -183,7 +195,8 @@ def plot_higgins(table: pl.DataFrame, labels: dict[str, str], ax: Axes,
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("configuration")
     ax.set_ylabel("Higgins et al. metric (held-out accuracy)")
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.legend(handles=handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=3, frameon=False)
     return ax
 
 

@@ -12,11 +12,11 @@ import math
 
 import polars as pl
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.2em}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f2f2f2}
-td:first-child,th:first-child{text-align:left}pre{background:#f7f7f7;padding:.8em;
-overflow:auto;font-size:12px;max-height:28em}figure{margin:1.2em 0}img{max-width:100%;
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f2}
+td.n{text-align:right;font-variant-numeric:tabular-nums}.wide{overflow-x:auto}pre{background:#f7f7f7;padding:.8em;
+overflow:auto;font-size:12px;max-height:28em}figure{margin:1.2em 0}img{max-width:min(100%,860px);
 border:1px solid #eee}figcaption{font-size:13px;color:#555}.note{color:#a33}
 .lead{font-size:1.1em;background:#eef5ff;padding:.7em 1em;border-left:4px solid #48c}"""
 
@@ -39,6 +39,12 @@ def _rows(frame: pl.DataFrame, limit: int) -> list[list[str]]:
     return [[cell(v) for v in row] for row in frame.head(limit).iter_rows()]
 
 
+def _td(v) -> str:
+    numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+    attr = ' class="n"' if numeric else ""
+    return f"<td{attr}>{html.escape(cell(v))}</td>"
+
+
 def table_md(frame: pl.DataFrame, limit: int = 200) -> str:
     if frame.is_empty():
         return "_(no rows)_"
@@ -55,11 +61,12 @@ def table_html(frame: pl.DataFrame, limit: int = 200) -> str:
     if frame.is_empty():
         return "<p><em>(no rows)</em></p>"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                   for r in _rows(frame, limit))
+    body = "".join("<tr>" + "".join(_td(v) for v in row) + "</tr>"
+                   for row in frame.head(limit).iter_rows())
     more = (f"<p><em>({frame.height - limit} more rows in the Parquet file)</em></p>"
             if frame.height > limit else "")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+    return (f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            f"</table></div>{more}")
 
 
 def markdown(blocks: list[tuple], figure_dir: str) -> str:

@@ -36,9 +36,19 @@ def test_signed_permutation_recovers_a_planted_signed_permutation(codes):
     np.testing.assert_allclose(w, p)
 
 
-def test_unequal_factor_counts_are_aligned_not_refused(codes):
-    assert 0.5 < align.procrustes_r2(codes[:, :3], codes) < 1.0
-    assert 0.5 < align.permutation_r2(codes, codes[:, [1, 0]]) < 1.0
+def test_unequal_factor_counts_count_the_missing_factors_as_unexplained(codes):
+    assert align.procrustes_r2(codes[:, :3], codes) == pytest.approx((0.75 + 2 / 3) / 2, abs=0.02)
+    assert 0.0 < align.permutation_r2(codes, codes[:, [1, 0]]) < 0.5
+
+
+def test_procrustes_never_below_the_signed_permutation():
+    rng = np.random.default_rng(6)
+    for _ in range(50):
+        ka, kb = (int(k) for k in rng.integers(1, 6, 2))
+        a = rng.standard_normal((60, ka)) * rng.uniform(0.1, 3, ka)
+        b = rng.standard_normal((60, kb)) * rng.uniform(0.1, 3, kb)
+        b[:, :min(ka, kb)] += a[:, :min(ka, kb)]
+        assert align.procrustes_r2(a, b) >= align.permutation_r2(a, b) - 1e-9
 
 
 def test_assignment_matches_brute_force():
