@@ -21,6 +21,7 @@ from typing import Any
 
 from study.inputs import UsageError, check_name
 from trainables.config import SECTIONS, ConfigError, TrialConfig, nest
+from trainables.store import StoreError, check_uri
 
 STUDY_KEYS = {"name", "seeds", "resources", "max_concurrent", "failure", "storage", "search",
               "num_samples", "description"}
@@ -112,6 +113,10 @@ def parse(raw: dict[str, Any], search_ok: bool = True) -> StudySpec:
     storage = raw.get("storage", "results")
     if not isinstance(storage, str) or not storage:
         raise UsageError(f"storage: got {storage!r}; allowed: a local path or a s3:// / gs:// URI")
+    try:
+        check_uri(storage)
+    except StoreError as e:
+        raise UsageError(str(e)) from None
     search = raw.get("search")
     if search is not None and not isinstance(search, dict):
         raise UsageError(f"search: got {search!r}; allowed: a mapping such as {{optuna: {{...}}}}")

@@ -73,14 +73,21 @@ class StoreError(RuntimeError):
     """The results storage cannot be used (unknown scheme, unwritable, ...)."""
 
 
+SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss")
+
+
+def check_uri(root: str) -> None:
+    """Refuse an unknown scheme without touching any filesystem or network."""
+    if "://" in root and root.split("://", 1)[0] not in SCHEMES:
+        raise StoreError(f"storage: unknown scheme {root.split('://', 1)[0]!r} in {root!r}; "
+                         "allowed: a local path, file://, s3://, gs://, hdfs://, abfs://")
+
+
 def open_root(root: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, base path) for a local path or a URI pyarrow understands."""
+    check_uri(root)
     if "://" not in root:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
-    scheme = root.split("://", 1)[0]
-    if scheme not in ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss"):
-        raise StoreError(f"storage: unknown scheme {scheme!r} in {root!r}; allowed: a local "
-                         "path, file://, s3://, gs://, hdfs://, abfs://")
     try:
         return pafs.FileSystem.from_uri(root)
     except (pa.ArrowInvalid, OSError) as e:

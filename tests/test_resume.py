@@ -1,0 +1,77 @@
+"""A study whose driver is SIGKILLed mid-run, then `vaestudy resume`d: every trial
+completes and every (trial_id, epoch) is stored exactly once."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from trainables.store import ResultStore
+
+pytestmark = pytest.mark.slow
+SPEC = """
+name: killed
+seeds: [0, 1]
+dataset: {name: intrinsic, n: 800, factors: 2}
+model: {latent_dim: 4}
+noise: {sigma2: [0.01, 0.1]}
+train: {epochs: 8}
+eval: {every: 1, traversals: false}
+checkpoint: {every: 2}
+max_concurrent: 2
+"""
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "study.cli", *args]
+
+
+def _kill_group(pid):
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_sigkilled_driver_then_resume_gives_each_epoch_once(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    root = tmp_path / "res"
+    store = ResultStore(str(root), "killed")
+    driver = subprocess.Popen(_cli("run", str(spec), "--out", str(root), "--no-report"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:             # kill once some trial passed a checkpoint
+            ckpts = list(Path(store.path("checkpoints")).glob("*/epoch-000004.pt"))
+            if ckpts:
+                break
+            assert driver.poll() is None, "the study ended before it could be killed"
+            time.sleep(0.2)
+        assert ckpts, "no checkpoint within 240 s"
+        driver.send_signal(signal.SIGKILL)         # the driver alone, as a crash would
+        driver.wait()
+        time.sleep(2)
+        states = {s["state"] for s in store.all_status()}
+        assert "completed" not in states or len(store.all_status()) < 4
+        resumed = subprocess.run(_cli("resume", str(root / "killed"), "--no-report"),
+                                 capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finally:
+        _kill_group(driver.pid)                    # what Ray left of the killed driver's session
+
+    assert "4 completed" in resumed.stdout
+    trials = pl.scan_parquet(store.glob("trials")).collect()
+    assert trials.height == 4 * 8
+    assert trials.n_unique(["trial_id", "epoch"]) == trials.height
+    assert sorted(trials.group_by("trial_id").agg(pl.col("epoch").max())["epoch"]) == [8] * 4
+    factors = pl.scan_parquet(store.glob("factors")).collect()
+    assert factors.n_unique(["trial_id", "epoch", "factor"]) == factors.height == 4 * 8 * 4
+    resumed_trials = [s for s in store.all_status() if s.get("attempts", 1) > 1]
+    assert resumed_trials, "no trial was interrupted and resumed"
+    assert all(s["state"] == "completed" for s in store.all_status())
