@@ -78,7 +78,8 @@ def seed_pairs(per_trial: pl.DataFrame) -> pl.DataFrame:
 
 
 def ground_truth(per_trial: pl.DataFrame) -> pl.DataFrame:
-    """Per trial with known factors: linear R^2 of the truth from the used factors, axis alignment."""
+    """Per trial with known factors: R^2 of the best linear map from the used factors to the
+    true ones, and the axis alignment of the fitted rotation."""
     rows = []
     for t in per_trial.filter(pl.col("true_factors").is_not_null()).iter_rows(named=True):
         if any(v is None for v in t["truth"]):
@@ -139,14 +140,15 @@ def higgins_table(root: str, study: str, trials: pl.LazyFrame, factors: pl.LazyF
     return pl.DataFrame(rows, schema=HIGGINS_SCHEMA)
 
 
+def _stats(expr: pl.Expr, name: str) -> list[pl.Expr]:
+    return [expr.mean().alias(f"{name}_mean"), expr.std().alias(f"{name}_std"),
+            expr.min().alias(f"{name}_min"), expr.max().alias(f"{name}_max")]
+
+
 def higgins_spread(table: pl.DataFrame) -> pl.DataFrame:
     """Per configuration: the metric's spread across seeds and across rotations (App. C)."""
+    rotated = pl.col("rotated").list.explode(keep_nulls=False, empty_as_null=False)
     return (table.group_by("config_key")
-            .agg(pl.len().alias("seeds"), pl.col("higgins").mean().alias("seeds_mean"),
-                 pl.col("higgins").std().alias("seeds_std"),
-                 pl.col("higgins").min().alias("seeds_min"), pl.col("higgins").max().alias("seeds_max"),
-                 pl.col("rotated").list.explode(keep_nulls=False, empty_as_null=False).mean().alias("rotations_mean"),
-                 pl.col("rotated").list.explode(keep_nulls=False, empty_as_null=False).std().alias("rotations_std"),
-                 pl.col("rotated").list.explode(keep_nulls=False, empty_as_null=False).min().alias("rotations_min"),
-                 pl.col("rotated").list.explode(keep_nulls=False, empty_as_null=False).max().alias("rotations_max"))
+            .agg(pl.len().alias("seeds"), *_stats(pl.col("higgins"), "seeds"),
+                 *_stats(rotated, "rotations"))
             .sort("config_key"))

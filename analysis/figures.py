@@ -39,7 +39,7 @@ def _vs_equivalent(y: str, ylabel: str) -> Callable[[Tables], "plt.Figure | str"
     def draw(t: Tables):
         table = t.get("intrinsic")
         if not table.height or table["equivalent_sigma2"].drop_nulls().len() == 0:
-            return "no finished trial with an equivalent variance"
+            return "no evaluated trial with an equivalent variance"
         fig, ax = plots.new()
         plots.plot_vs_equivalent(t.get("per_trial"), table, ax, y, ylabel)
         return fig
@@ -49,7 +49,7 @@ def _vs_equivalent(y: str, ylabel: str) -> Callable[[Tables], "plt.Figure | str"
 def _used_vs_p(t: Tables):
     table = t.get("intrinsic")
     if not table.height:
-        return "no finished trial"
+        return "no evaluated trial yet"
     fig, ax = plots.new()
     plots.plot_used_vs_p(t.get("per_trial"), table, ax)
     return fig
@@ -59,7 +59,7 @@ def _pulses(t: Tables):
     f = t.get("factors")
     f = f.filter(pl.col("trial_id") == t.chosen) if f.height and t.chosen else pl.DataFrame()
     if not f.height:
-        return "no per-factor rows for a finished trial"
+        return "no per-factor rows for an evaluated trial"
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7.0, 4.5),
                                       gridspec_kw={"hspace": 0.05})
     plots.plot_factor_pulses(f, top, bottom)
@@ -97,6 +97,8 @@ def _equivalence(t: Tables):
 
 def _higgins(t: Tables):
     table = t.get("higgins")
+    if "higgins" not in t.frames:
+        return "not computed for this report (higgins=False)"
     if not table.height:
         return "no intrinsic-data trial with a checkpoint (the metric re-encodes generated pairs)"
     fig, ax = plots.new((max(6.0, 0.6 * table["config_key"].n_unique() + 2), 4.5))
@@ -109,7 +111,7 @@ def _tradeoff(t: Tables):
     frame = t.get("tradeoff")
     frame = frame.drop_nulls(["evlb", "kl_qz_pz"]) if frame.height else frame
     if not frame.height:
-        return "no finished trial"
+        return "no evaluated trial yet"
     fig, ax = plots.new((6.5, 4.5))
     plots.plot_tradeoff(frame, ax)
     return fig
@@ -132,9 +134,9 @@ FIGURES: dict[str, Spec] = {
                       _vs_equivalent("evlb", "EVLB [nats per test point]")),
     "fig5a_kl_qz_pz": Spec("Fig. 5a: KL(q(z)||p(z)) (Def. 4) against the equivalent variance",
                            _vs_equivalent("kl_qz_pz", "kl_qz_pz [nats]")),
-    "fig5b_normal_variance": Spec("Fig. 5b: normal-variance factors against the equivalent "
-                                  "variance", _vs_equivalent("n_normal",
-                                                             "factors with mean $\\sigma_z^2$ ≈ 1")),
+    "fig5b_normal_variance": Spec(
+        "Fig. 5b: normal-variance factors against the equivalent variance",
+        _vs_equivalent("n_normal", "factors with mean $\\sigma_z^2$ ≈ 1")),
     "fig6a_mi_xz": Spec("Fig. 6a: I(x;z) (Def. 2) against the equivalent variance",
                         _vs_equivalent("mi_xz", "mi_xz [nats]")),
     "fig6b_used": Spec("Fig. 6b: influential (used) factors against the equivalent variance",

@@ -115,7 +115,8 @@ def factors(root: str, study: str, last: bool = True) -> pl.LazyFrame:
     """The factors table, each (trial_id, epoch, factor) once; with `last`, the last epoch only."""
     frame = scan(root, study, "factors")
     if last:
-        ends = last_epochs(dedupe(scan(root, study, "trials"), "trials").select("trial_id", "epoch"))
+        trials_rows = dedupe(scan(root, study, "trials"), "trials").select("trial_id", "epoch")
+        ends = last_epochs(trials_rows)
         frame = frame.join(ends, on=["trial_id", "epoch"], how="semi")
     return dedupe(frame, "factors")
 

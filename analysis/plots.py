@@ -187,7 +187,8 @@ def plot_higgins(table: pl.DataFrame, labels: dict[str, str], ax: Axes,
     P = int(table["true_factors"].drop_nulls()[0])
     ax.axhline(1 / P, color="k", ls="--", lw=1)
     handles = [Patch(facecolor="none", edgecolor="k", label="random rotations of the used factors"),
-               plt.Line2D([], [], ls="", marker="o", color="C3", label="trained model, one per seed"),
+               plt.Line2D([], [], ls="", marker="o", color="C3",
+                          label="trained model, one per seed"),
                plt.Line2D([], [], ls="--", color="k", label=f"chance 1/P = {1 / P:.2f}")]
     ax.set_xticks(range(len(keys)), [labels.get(k, k) for k in keys], rotation=30, ha="right",
                   fontsize=7)

@@ -15,7 +15,8 @@ import polars as pl
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.2em}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f2}
-td.n{text-align:right;font-variant-numeric:tabular-nums}.wide{overflow-x:auto}pre{background:#f7f7f7;padding:.8em;
+td.n{text-align:right;font-variant-numeric:tabular-nums}.wide{overflow-x:auto}
+pre{background:#f7f7f7;padding:.8em;
 overflow:auto;font-size:12px;max-height:28em}figure{margin:1.2em 0}img{max-width:min(100%,860px);
 border:1px solid #eee}figcaption{font-size:13px;color:#555}.note{color:#a33}
 .lead{font-size:1.1em;background:#eef5ff;padding:.7em 1em;border-left:4px solid #48c}"""

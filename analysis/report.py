@@ -98,7 +98,7 @@ def compute_tables(root: str, study: str, *, higgins: bool = True, threshold: fl
                                       **{**HIGGINS, **(higgins_opts or {})})
         frames["higgins"], frames["higgins_spread"] = h, equivalence.higgins_spread(h)
     chosen = trial or choose_trial(rows)
-    frames["factors"] = factors.filter(pl.col("trial_id") == chosen)
+    frames["factors"] = factors.filter(pl.col("trial_id") == chosen) if chosen else factors.clear()
     frames["intrinsic"] = frames["intrinsic_dimension"]                  # the figures' name
     return figures.Tables(frames, pick_traversals(root, study, rows), config_labels(rows),
                           chosen)

@@ -30,7 +30,8 @@ def _costs(frame: pl.DataFrame, objectives: dict[str, Direction]) -> np.ndarray:
             raise ValueError(f"pareto_mask: objective {name!r} has direction {direction!r}; "
                              "allowed: 'max' or 'min'")
         if name not in frame.columns:
-            raise ValueError(f"pareto_mask: no column {name!r}; columns: {', '.join(frame.columns)}")
+            raise ValueError(f"pareto_mask: no column {name!r}; columns: "
+                             f"{', '.join(frame.columns)}")
         v = frame[name].cast(pl.Float64).fill_null(np.nan).to_numpy().copy()
         cols.append(-v if direction == "max" else v)
     c = np.column_stack(cols) if cols else np.zeros((frame.height, 0))

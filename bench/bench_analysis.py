@@ -74,8 +74,9 @@ def factor_table(tid: str, E: int, H: int, rng) -> pa.Table:
     mi = rng.exponential(0.4, n)
     return pa.table({"study": [STUDY] * n, "trial_id": [tid] * n,
                      "epoch": np.repeat(np.arange(1, E + 1), H), "factor": np.tile(np.arange(H), E),
-                     "mi": mi, "post_var": rng.uniform(0, 1.05, n), "qstar_var": rng.uniform(0, 2, n),
-                     "used": mi > 0.5}, schema=SCHEMAS["factors"])
+                     "mi": mi, "post_var": rng.uniform(0, 1.05, n),
+                     "qstar_var": rng.uniform(0, 2, n), "used": mi > 0.5},
+                    schema=SCHEMAS["factors"])
 
 
 def generate(root: str, n: int, E: int, H: int) -> None:
@@ -85,7 +86,8 @@ def generate(root: str, n: int, E: int, H: int) -> None:
         for table, t in (("trials", trial_table(cfg, tid, E, rng)),
                          ("factors", factor_table(tid, E, H, rng))):
             Path(st.path(table, tid)).mkdir(parents=True, exist_ok=True)
-            pq.write_table(t, st.path(table, tid, f"part-000001-{E:06d}.parquet"), compression="zstd")
+            pq.write_table(t, st.path(table, tid, f"part-000001-{E:06d}.parquet"),
+                           compression="zstd")
         if i % 100 == 7:                      # a crash window: the last epoch in a second file
             pq.write_table(trial_table(cfg, tid, E, rng, skew=-60).slice(E - 1),
                            st.path("trials", tid, f"part-{E:06d}-{E:06d}.parquet"))
@@ -148,7 +150,8 @@ def main() -> int:
         assert int(pl_out["seeds"].sum()) == int(pd_out["seeds"].sum()) == a.trials
         print(f"\n{'step (median of ' + str(a.repeats) + ')':<44}{'Polars s':>10}{'pandas s':>10}"
               f"{'pandas/Polars':>15}")
-        print(f"{'intrinsic-dimension aggregation':<44}{pl_s:>10.2f}{pd_s:>10.2f}{pd_s / pl_s:>15.1f}")
+        print(f"{'intrinsic-dimension aggregation':<44}{pl_s:>10.2f}{pd_s:>10.2f}"
+              f"{pd_s / pl_s:>15.1f}")
         print(f"{'report tables (compute_tables, no Higgins)':<44}{rep_s:>10.2f}{'':>10}{'':>15}")
         print(f"\n{len(pl_out)} configurations; report tables: "
               + ", ".join(f"{k} {v.height}" for k, v in tables.frames.items()))

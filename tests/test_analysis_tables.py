@@ -98,7 +98,8 @@ def test_intrinsic_dimension_table_by_hand(study):
     root, _ = study
     t = intrinsic.from_study(root, STUDY)
     assert t.height == 3
-    a = t.filter((pl.col("noise") == "specified") & (pl.col("sigma2_cfg") == 0.001)).row(0, named=True)
+    a = t.filter((pl.col("noise") == "specified") & (pl.col("sigma2_cfg") == 0.001))
+    a = a.row(0, named=True)
     assert a["seeds"] == 2 and a["n_used_mean"] == 3.5 and a["n_used_min"] == 3
     assert a["n_used_max"] == 4 and a["n_used_std"] == pytest.approx(0.7071, abs=1e-4)
     assert a["frac_at_P"] == 0.5 and a["mae_P"] == 0.5 and a["true_factors"] == 3
