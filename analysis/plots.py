@@ -204,8 +204,12 @@ def plot_higgins(table: pl.DataFrame, labels: dict[str, str], ax: Axes,
 def plot_tradeoff(frame: pl.DataFrame, ax: Axes, x: str = "kl_qz_pz", y: str = "evlb") -> Axes:
     """Reconstruction (EVLB, nats) against disentanglement (kl_qz_pz, nats), front marked."""
     xs, ys, used = _np(frame, x, y, "n_used_factors")
-    sc = ax.scatter(xs, ys, c=used, cmap="viridis", s=30, edgecolor="k", lw=0.4, zorder=3)
-    ax.figure.colorbar(sc, ax=ax, label="used factors")
+    top = max(1.0, float(np.nanmax(used))) if np.isfinite(used).any() else 1.0
+    sc = ax.scatter(xs, ys, c=used, cmap="viridis", vmin=0, vmax=top, s=30, edgecolor="k",
+                    lw=0.4, zorder=3)
+    bar = ax.figure.colorbar(sc, ax=ax, label="used factors")
+    bar.locator = ticker.MaxNLocator(integer=True)
+    bar.update_ticks()
     front = frame.filter(pl.col("pareto")).sort(x)
     ax.plot(*_np(front, x, y), color="C3", lw=1.5, marker="o", mfc="none", ms=9,
             drawstyle="steps-post", label="Pareto front")

@@ -120,8 +120,19 @@ def lead(study: str, t: figures.Tables) -> str:
     return (said + " " if said else "") + f"Study {study!r}: {counts}."
 
 
-def _overview(study: str, t: figures.Tables) -> list[tuple]:
-    out = [("h", 1, f"Study {study}: analysis report"), ("lead", lead(study, t)),
+def _about(spec: dict | None) -> list[tuple]:
+    """The study's description and size from study.json (absent for `vaestudy train`)."""
+    if not spec:
+        return []
+    raw = spec.get("spec") if isinstance(spec.get("spec"), dict) else {}
+    parts = [str(raw["description"]).rstrip(".") + "."] if raw.get("description") else []
+    parts += [f"Size: {spec['size']}."] if spec.get("size") else []
+    text = " ".join(parts)
+    return [("p", text)] if text else []
+
+
+def _overview(study: str, t: figures.Tables, spec: dict | None) -> list[tuple]:
+    out = [("h", 1, f"Study {study}: analysis report"), ("lead", lead(study, t)), *_about(spec),
            ("h", 2, "Trials by state"), ("table", t.get("states"))]
     if t.get("failures").height:
         out += [("p", "Trials that failed or diverged, with their reason:"),
@@ -155,7 +166,7 @@ def blocks(root: str, study: str, t: figures.Tables, drawn: list) -> list[tuple]
     spec = load.study_spec(root, study)
     text = json.dumps(spec, indent=1, default=str) if spec else \
         "(no study.json: a `vaestudy train` study)"
-    return (_overview(study, t) + [("h", 2, "Figures")] + [("figure", d) for d in drawn]
+    return (_overview(study, t, spec) + [("h", 2, "Figures")] + [("figure", d) for d in drawn]
             + _equivalence(t) + [("h", 2, "Spec"), ("pre", text)])
 
 
