@@ -11,12 +11,14 @@ as s3://bucket/prefix):
     checkpoints/<trial_id>/epoch-<e>.pt
     traversals/<trial_id>.png
 
-How no row is lost or duplicated: a trial buffers rows in memory and, at each
-checkpoint, writes them as one segment per table (each file atomic: temp file
-then rename) *before* the checkpoint itself. Resuming from the checkpoint of
+How no row is lost or duplicated: at each evaluation and each checkpoint a
+trial writes the rows it has buffered since its last write as one segment per
+table (each file atomic: temp file then rename), the checkpoint itself after
+its segment; so no segment spans a checkpoint. Resuming from the checkpoint of
 epoch E first deletes every segment that starts after E (`rollback`), so rows
 of epochs the trial is about to redo cannot appear twice, and rows up to E are
-on storage because they were written before that checkpoint. When a trial
+on storage because they were written before that checkpoint. A trial stopped
+early by a scheduler has every evaluated row on storage already. When a trial
 ends, its segments are merged into one file per table (`finish`), so the file
 count grows with trials, not with epochs; a merge interrupted half-way leaves
 segments that the merged file contains, which `tidy` removes.
@@ -40,7 +42,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 TABLES = ("trials", "factors", "codes")
-STATES = ("running", "completed", "diverged", "failed")
+STATES = ("running", "completed", "diverged", "failed", "stopped")
 PART = re.compile(r"part-(\d+)-(\d+)\.parquet$")
 CKPT = re.compile(r"epoch-(\d+)\.pt$")
 

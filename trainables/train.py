@@ -200,13 +200,16 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
             store.finish(trial_id, "diverged", error=f"non-finite loss at epoch {run.epoch + 1}",
                          final=last)
             return last
-        if run.epoch % cfg.eval.every == 0 or run.epoch == cfg.train.epochs:
+        evaluated = run.epoch % cfg.eval.every == 0 or run.epoch == cfg.train.epochs
+        if evaluated:
             last = _evaluate_and_buffer(run, store.study, trial_id, loss, test)
-            if report:
-                report(last)
-        if run.epoch % cfg.checkpoint.every == 0 or run.epoch == cfg.train.epochs:
+        checkpoint = run.epoch % cfg.checkpoint.every == 0 or run.epoch == cfg.train.epochs
+        if evaluated or checkpoint:          # rows reach storage before anyone sees them
             flush(run, store, trial_id)
+        if checkpoint:
             store.save_checkpoint(trial_id, run.epoch, state_dict(run), cfg.checkpoint.keep)
+        if evaluated and report:
+            report(last)
     if cfg.eval.traversals:
         ev = evaluate(run, test)                             # deterministic: same as the last
         factors = traversal.pick_factors(ev["indicators"].factors["mi"], cfg.eval.used_threshold)
