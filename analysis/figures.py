@@ -37,7 +37,7 @@ class Spec:
 
 def _vs_equivalent(y: str, ylabel: str) -> Callable[[Tables], "plt.Figure | str"]:
     def draw(t: Tables):
-        table = t.get("intrinsic")
+        table = t.get("intrinsic_dimension")
         if not table.height or table["equivalent_sigma2"].drop_nulls().len() == 0:
             return "no evaluated trial with an equivalent variance"
         fig, ax = plots.new()
@@ -47,7 +47,7 @@ def _vs_equivalent(y: str, ylabel: str) -> Callable[[Tables], "plt.Figure | str"
 
 
 def _used_vs_p(t: Tables):
-    table = t.get("intrinsic")
+    table = t.get("intrinsic_dimension")
     if not table.height:
         return "no evaluated trial yet"
     fig, ax = plots.new()
@@ -102,7 +102,7 @@ def _higgins(t: Tables):
     if not table.height:
         return "no intrinsic-data trial with a checkpoint (the metric re-encodes generated pairs)"
     fig, ax = plots.new((max(6.0, 0.6 * table["config_key"].n_unique() + 2), 4.5))
-    order = t.get("intrinsic")["config_key"].to_list() if t.get("intrinsic").height else None
+    order = t.get("intrinsic_dimension")["config_key"].to_list() if t.get("intrinsic_dimension").height else None
     plots.plot_higgins(table, t.labels, ax, order)
     return fig
 

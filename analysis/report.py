@@ -99,7 +99,6 @@ def compute_tables(root: str, study: str, *, higgins: bool = True, threshold: fl
         frames["higgins"], frames["higgins_spread"] = h, equivalence.higgins_spread(h)
     chosen = trial or choose_trial(rows)
     frames["factors"] = factors.filter(pl.col("trial_id") == chosen) if chosen else factors.clear()
-    frames["intrinsic"] = frames["intrinsic_dimension"]                  # the figures' name
     return figures.Tables(frames, pick_traversals(root, study, rows), config_labels(rows),
                           chosen)
 
@@ -115,7 +114,7 @@ def _labelled(frame: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
 def lead(study: str, t: figures.Tables) -> str:
     """The first paragraph: Theorem 1's verdict where P is known, else what the study holds."""
     states = dict(t.get("states").iter_rows())
-    said = intrinsic.reached_p(t.get("intrinsic"))
+    said = intrinsic.reached_p(t.get("intrinsic_dimension"))
     counts = ", ".join(f"{n} {s}" for s, n in states.items()) or "no trials yet"
     return (said + " " if said else "") + f"Study {study!r}: {counts}."
 
@@ -142,7 +141,7 @@ def _overview(study: str, t: figures.Tables, spec: dict | None) -> list[tuple]:
         ("p", "Per configuration across seeds at each trial's last evaluated epoch; used factors "
               "have mi_h > 0.5 nats (App. E); the equivalent variance is beta * sigma2 "
               "(Sec. 7.2.1), with the learned sigma2 for learned noise."),
-        ("table", intrinsic_view(t.get("intrinsic")))]
+        ("table", intrinsic_view(t.get("intrinsic_dimension")))]
 
 
 def _equivalence(t: figures.Tables) -> list[tuple]:
@@ -172,7 +171,7 @@ def blocks(root: str, study: str, t: figures.Tables, drawn: list) -> list[tuple]
 
 def write_tables(st, frames: dict[str, pl.DataFrame]) -> None:
     for name, frame in frames.items():
-        if name in ("intrinsic", "factors"):
+        if name == "factors":
             continue
         buf = io.BytesIO()
         frame.write_parquet(buf)
