@@ -3,6 +3,7 @@
     vaestudy run     [SPEC.yaml | --preset NAME] [--out DIR] [--set k=v ...] [--address ADDR]
     vaestudy resume  DIR/STUDY [--address ADDR]
     vaestudy status  DIR/STUDY
+    vaestudy report  DIR/STUDY [--no-higgins]
     vaestudy presets
     vaestudy train   --out DIR [--study NAME] [--config FILE] [--set k=v ...]   one trial, no Ray
 """
@@ -95,12 +96,23 @@ def _run(spec, root: str, address: str | None, resume: bool, report: bool) -> in
 
 
 def _report(store) -> None:
-    try:
-        from analysis.report import build_report
-    except ImportError:
-        return
-    path = build_report(store.root, store.study)
-    print(f"report: {path}")
+    from analysis.report import build_report, summary_table
+
+    print(summary_table(store.root, store.study))
+    print(f"report: {build_report(store.root, store.study)}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import build_report
+    from study.status import split_study_path
+
+    root, name = split_study_path(args.study)
+    store_name = check_name(name, "DIR/STUDY")
+    from trainables.store import ResultStore
+    if not ResultStore(root, store_name).exists(ResultStore(root, store_name).path("trials")):
+        raise UsageError(f"{args.study}: no trials/ folder there; not a study with results")
+    print(f"report: {build_report(root, store_name, higgins=not args.no_higgins)}")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -147,6 +159,12 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="trial counts by state, failures, best trials so far")
     st.add_argument("study", metavar="DIR/STUDY")
     st.set_defaults(func=cmd_status)
+
+    rp = sub.add_parser("report", help="write DIR/STUDY/report.html, report.md, analysis/*.parquet")
+    rp.add_argument("study", metavar="DIR/STUDY")
+    rp.add_argument("--no-higgins", action="store_true",
+                    help="skip the Higgins et al. metric (it re-encodes generated data)")
+    rp.set_defaults(func=cmd_report)
 
     pr = sub.add_parser("presets", help="list the built-in study presets")
     pr.set_defaults(func=cmd_presets)

@@ -29,9 +29,20 @@ class Outcome:
     seconds: float
 
 
-def prepare(spec: StudySpec, root: str, resume: bool = False) -> tuple[ResultStore, list[TrialConfig]]:
-    """Everything that can fail on user input, before Ray starts or a file is written."""
-    configs = trial_configs(spec)
+def prepare(spec: StudySpec, root: str, resume: bool = False):
+    """Everything that can fail on user input, before Ray starts or a file is written.
+
+    Returns (store, trial configs, search config): the configs of a grid, or
+    for a search the search config and, as configs, one sample to check data."""
+    scfg = None
+    if spec.search is not None:
+        from study.search import parse_search
+
+        scfg = parse_search(spec)
+        sample = {**scfg.fixed, **{k: _first(d) for k, d in scfg.space.items()}}
+        configs = [TrialConfig.from_dict(sample)]
+    else:
+        configs = trial_configs(spec)
     check_data(configs)
     try:
         store = ResultStore(root, spec.name)
@@ -47,7 +58,13 @@ def prepare(spec: StudySpec, root: str, resume: bool = False) -> tuple[ResultSto
                              f"with `vaestudy resume {store.uri()}`")
     elif resume:
         raise UsageError(f"{store.uri()}: no study.json; nothing to resume")
-    return store, configs
+    if scfg is not None:
+        scfg.storage_url(store)                      # refuses SQLite on remote storage
+    return store, ([] if scfg else configs), scfg
+
+
+def _first(dist):
+    return dist.choices[0] if hasattr(dist, "choices") else dist.low
 
 
 def check_data(configs: list[TrialConfig]) -> None:
@@ -66,14 +83,14 @@ def check_data(configs: list[TrialConfig]) -> None:
             raise UsageError(f"dataset.path: {e}") from None
 
 
-def write_meta(store: ResultStore, spec: StudySpec, configs: list[TrialConfig], **extra) -> None:
+def write_meta(store: ResultStore, spec: StudySpec, trial_ids: list[str], **extra) -> None:
     path = store.path("study.json")
     old = store.read_json(path) if store.exists(path) else {}
     import ray
     import torch
 
     meta = {**old, "name": spec.name, "spec": spec.raw, "spec_json": spec.to_json(),
-            "size": spec.size_line(), "trials": [c.trial_id() for c in configs],
+            "size": spec.size_line(), "trials": trial_ids or old.get("trials", []),
             "versions": {"vaestudy": code_version(), "ray": ray.__version__,
                          "torch": torch.__version__},
             "started": old.get("started", time.time()), **extra}
@@ -101,23 +118,37 @@ def start_ray(address: str | None, log=print) -> None:
 
 def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = False,
         log=print) -> Outcome:
-    store, configs = prepare(spec, root, resume)
+    store, configs, scfg = prepare(spec, root, resume)
     log(f"study {spec.name}: {spec.size_line()}")
     log(f"results: {store.uri()}")
     t0 = time.time()
-    write_meta(store, spec, configs, driver_host=socket.gethostname())
+    ids = [c.trial_id() for c in configs]
+    write_meta(store, spec, ids, driver_host=socket.gethostname())
     start_ray(address, log)
-    errors = fit(spec, store, configs)
+    if scfg is None:
+        errors = fit(spec, store, _grid_tuner_args(configs))
+    else:
+        from study import optuna_run
+
+        ids, errors = optuna_run.fit_search(spec, scfg, store, log)
     for trial_id, error in errors.items():
         st = store.status(trial_id)
-        if not st or st["state"] not in ("completed", "diverged"):
+        if not st or st["state"] not in ("completed", "diverged", "stopped"):
             store.set_status(trial_id, "failed", error=error)
-    write_meta(store, spec, configs, finished=time.time())
-    return Outcome(store, counts(store, configs), time.time() - t0)
+    write_meta(store, spec, ids, finished=time.time())
+    return Outcome(store, counts(store, ids), time.time() - t0)
 
 
-def fit(spec: StudySpec, store: ResultStore, configs: list[TrialConfig]) -> dict[str, str]:
-    """Run every trial through Tune; returns {trial_id: error} of trials that failed for good."""
+def _grid_tuner_args(configs: list[TrialConfig]) -> dict:
+    from ray import tune
+
+    return {"param_space": {"trial": tune.grid_search(
+        [{"id": c.trial_id(), "config": c.to_dict()} for c in configs])}}
+
+
+def fit(spec: StudySpec, store: ResultStore, args: dict, search_alg=None, scheduler=None,
+        num_samples: int = 1) -> dict[str, str]:
+    """Run trials through Tune; returns {trial_id: error} of trials that failed for good."""
     import ray
     from ray import tune
 
@@ -126,12 +157,14 @@ def fit(spec: StudySpec, store: ResultStore, configs: list[TrialConfig]) -> dict
     if gpu is None:                               # share a card between small models
         gpu = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": gpu})
-    space = {"trial": tune.grid_search([{"id": c.trial_id(), "config": c.to_dict()}
-                                        for c in configs]),
-             "study": {"root": store.root, "name": store.study, "cpu": spec.cpu}}
+    space = dict(args.get("param_space", {}))
+    if search_alg is None:
+        space["study"] = study_context(spec, store)
     tuner = tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+                                    search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=num_samples,
                                     trial_name_creator=lambda t: t.config["trial"]["id"],
                                     trial_dirname_creator=lambda t: t.config["trial"]["id"]),
         run_config=tune.RunConfig(
@@ -139,19 +172,24 @@ def fit(spec: StudySpec, store: ResultStore, configs: list[TrialConfig]) -> dict
             progress_reporter=reporter(spec),
             failure_config=tune.FailureConfig(max_failures=spec.max_retries)))
     grid = tuner.fit()
-
     errors = {}
     for r in grid:
-        if r.error is not None:
+        if r.error is not None and r.config and "trial" in r.config:
             errors[r.config["trial"]["id"]] = f"{type(r.error).__name__}: {r.error}"[-2000:]
     return errors
+
+
+def study_context(spec: StudySpec, store: ResultStore) -> dict:
+    return {"root": store.root, "name": store.study, "cpu": spec.cpu}
 
 
 def reporter(spec: StudySpec):
     """Tune's trial table with the study's grid axes and a few indicators, every 30 s."""
     from ray.tune import CLIReporter
 
-    params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1] for k in spec.axes()}
+    keys = spec.axes() if spec.search is None else [
+        k for k, v in spec.trial.items() if isinstance(v, (dict, list))] + ["train.seed"]
+    params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1] for k in keys}
     return CLIReporter(
         parameter_columns=params, max_report_frequency=30, max_progress_rows=40,
         metric_columns={"epoch": "epoch", "evlb": "evlb", "recon_mse": "mse", "mi_xz": "mi_xz",
@@ -164,9 +202,10 @@ def _trainable():
     return trainable
 
 
-def counts(store: ResultStore, configs: list[TrialConfig]) -> dict[str, int]:
+def counts(store: ResultStore, ids: list[str]) -> dict[str, int]:
     by_id = {s["trial_id"]: s["state"] for s in store.all_status()}
     out = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 0}
-    for c in configs:
-        out[by_id.get(c.trial_id(), "pending")] += 1
+    for t in ids:
+        state = by_id.get(t, "pending")
+        out[state] = out.get(state, 0) + 1
     return out

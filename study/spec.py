@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from study.inputs import UsageError, check_name
-from trainables.config import SECTIONS, ConfigError, TrialConfig, nest
+from trainables.config import SECTIONS, ConfigError, TrialConfig, all_keys, nest
 from trainables.store import StoreError, check_uri
 
 STUDY_KEYS = {"name", "seeds", "resources", "max_concurrent", "failure", "storage", "search",
               "num_samples", "description"}
 LIST_VALUED = {"dataset.split"}          # keys whose single value is itself a list
-DISTRIBUTIONS = {"loguniform", "uniform", "choice", "randint", "quniform", "qloguniform"}
+LEAVES = set(all_keys())
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,13 @@ class StudySpec:
         return [{**base, **dict(zip(ax, combo))} for combo in itertools.product(*ax.values())]
 
     def size_line(self) -> str:
+        if self.search is not None:
+            keys = [k for k, v in self.trial.items() if isinstance(v, (dict, list))]
+            keys += ["train.seed"] if len(self.seeds) > 1 else []
+            sampler = ((self.search.get("optuna") or {}).get("sampler", "tpe")
+                       if isinstance(self.search, dict) else "tpe")
+            return (f"optuna {sampler} search over {', '.join(keys) or 'nothing'}: "
+                    f"{self.num_samples} trials")
         parts = [f"{len(v)} {k.split('.')[-1] if k != 'train.seed' else ('seeds' if len(v) > 1 else 'seed')}"
                  for k, v in self.axes().items()]
         n = 1
@@ -75,10 +82,11 @@ def _is_grid(key: str, value: Any) -> bool:
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys down to the trial keys; a mapping at a trial key is a distribution."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and not (set(v) & DISTRIBUTIONS):
+        if isinstance(v, dict) and key not in LEAVES:
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v

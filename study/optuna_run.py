@@ -1,0 +1,76 @@
+"""Running a study whose spec has `search:`: Optuna suggests, Tune runs, ASHA may stop."""
+from __future__ import annotations
+
+from study.optuna_searcher import OptunaStudySearcher, finished, open_study
+from study.search import SearchConfig
+from trainables.store import ResultStore
+
+
+def fit_search(spec, scfg: SearchConfig, store: ResultStore, log=print) -> tuple[list[str], dict]:
+    """Run the remaining budget; returns (every trial id of the search, {trial id: error})."""
+    from study.runner import fit, study_context
+
+    study = open_study(scfg, scfg.storage_url(store), spec.name)
+    remaining = scfg.num_samples - len(finished(study))
+    log(f"optuna study {spec.name!r} in {scfg.storage_url(store)}: "
+        f"{len(finished(study))} of {scfg.num_samples} trials done")
+    errors: dict[str, str] = {}
+    searcher = OptunaStudySearcher(scfg, study, store, study_context(spec, store))
+    if remaining > 0:
+        errors = fit(spec, store, {}, search_alg=searcher, scheduler=_scheduler(scfg, spec),
+                     num_samples=remaining)
+    reconcile(study, store)
+    n = write_pareto(store, scfg)
+    log(f"pareto front: {n} trials in {store.uri('analysis', 'pareto.parquet')}")
+    ids = [t.user_attrs["trial_id"] for t in study.get_trials(deepcopy=False)
+           if "trial_id" in t.user_attrs]
+    return ids, errors
+
+
+def reconcile(study, store: ResultStore) -> None:
+    """Trials Optuna saw pruned whose rows are still open are closed as `stopped`."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        tid = t.user_attrs.get("trial_id")
+        st = store.status(tid) if tid else None
+        if st and st["state"] == "running":
+            store.finish(tid, "stopped", error="stopped early by ASHA")
+
+
+def _scheduler(scfg: SearchConfig, spec):
+    if not scfg.asha:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    epochs = int(spec.trial.get("train.epochs", 20))
+    a = scfg.asha
+    return ASHAScheduler(time_attr="epoch", metric=a["metric"], mode=a["mode"], max_t=epochs,
+                         grace_period=a["grace_period"], reduction_factor=a["reduction_factor"])
+
+
+def write_pareto(store: ResultStore, scfg: SearchConfig) -> int:
+    """analysis/pareto.parquet: the non-dominated completed trials on the search's objectives."""
+    import io
+
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from analysis.tradeoff import pareto_mask
+    from study.status import last_rows
+
+    rows = last_rows(store)
+    if rows is None or rows.height == 0:
+        return 0
+    done = {s["trial_id"] for s in store.all_status() if s["state"] == "completed"}
+    rows = rows.filter(pl.col("trial_id").is_in(list(done)))
+    if scfg.used_target is not None:
+        rows = rows.with_columns(used_distance=(pl.col("n_used_factors") - scfg.used_target).abs())
+    objectives = dict(scfg.objectives)
+    front = rows.filter(pareto_mask(rows, objectives)).select(
+        "trial_id", "noise", "beta", "sigma2", "equivalent_sigma2", "latent_dim", "seed", "epoch",
+        *[m for m in objectives if m not in ("noise",)]).sort(scfg.objectives[0][0])
+    buf = io.BytesIO()
+    pq.write_table(front.to_arrow(), buf)
+    store.write_bytes(store.path("analysis", "pareto.parquet"), buf.getvalue())
+    return front.height
