@@ -105,7 +105,14 @@ def start_ray(address: str | None, log=print) -> None:
         return
     if address:
         log(f"joining the Ray cluster at {address}")
-        ray.init(address=address, log_to_driver=False)
+        if _is_loopback(address):
+            # A cluster whose nodes run on loopback (tests, one-machine clusters): stay there,
+            # instead of Ray's swap of 127.0.0.1 for the machine's outward address.
+            from ray._private import services
+            services.resolve_ip_for_localhost = lambda host: host
+            ray.init(address=address, log_to_driver=False, _node_ip_address="127.0.0.1")
+        else:
+            ray.init(address=address, log_to_driver=False)
     else:
         # A private single-node Ray: its node address is loopback (Ray otherwise swaps
         # 127.0.0.1 for the machine's outward address), and there is no dashboard.
@@ -114,6 +121,11 @@ def start_ray(address: str | None, log=print) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
                  configure_logging=True, logging_level="warning")
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
 def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = False,
@@ -180,7 +192,10 @@ def fit(spec: StudySpec, store: ResultStore, args: dict, search_alg=None, schedu
 
 
 def study_context(spec: StudySpec, store: ResultStore) -> dict:
-    return {"root": store.root, "name": store.study, "cpu": spec.cpu}
+    """What a trial needs to find its store: an absolute root, since Ray runs trials in
+    working directories of its own."""
+    root = store.root if "://" in store.root else os.path.abspath(os.path.expanduser(store.root))
+    return {"root": root, "name": store.study, "cpu": spec.cpu}
 
 
 def reporter(spec: StudySpec):

@@ -12,7 +12,9 @@ not yet snapshotted).
 from __future__ import annotations
 
 import dataclasses
+import socket
 
+import ray
 from ray import tune
 
 from trainables.config import TrialConfig
@@ -30,8 +32,9 @@ def trainable(config: dict) -> None:
     if done and done.get("state") in ("completed", "diverged") and done.get("final"):
         tune.report({**done["final"], "state": done["state"]})    # show it in the table
         return
+    node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
     final = run_trial(cfg, store, report=lambda m: tune.report({**m, "state": "running"}),
-                      trial_id=trial_id)
+                      trial_id=trial_id, node=node)
     state = store.status(trial_id)["state"]
     if state != "completed" and final:
         tune.report({**final, "state": state})

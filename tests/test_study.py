@@ -77,14 +77,18 @@ def test_diverging_and_crashing_trials_are_recorded_and_the_study_goes_on(tmp_pa
     assert div["epoch"].to_list() == [1] and div["status"].to_list() == ["diverged"]
 
 
-def test_a_rerun_of_a_finished_study_trains_nothing_and_duplicates_nothing(tmp_path, ray_local):
-    raw = {"name": "again", "dataset": {"name": "intrinsic", "n": 300, "factors": 2},
+def test_a_rerun_of_a_finished_study_trains_nothing_and_duplicates_nothing(tmp_path, ray_local,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)              # a relative storage path, as `./dev run` gives
+    raw = {"storage": "rel", "name": "again", "dataset": {"name": "intrinsic", "n": 300, "factors": 2},
            "model": {"latent_dim": 3}, "train": {"epochs": 2}, "seeds": [0, 1],
            "eval": {"traversals": False}}
-    runner.run(parse(raw), str(tmp_path))
-    store = ResultStore(str(tmp_path), "again")
+    out = runner.run(parse(raw), "rel")
+    assert out.counts["completed"] == 2
+    store = ResultStore(str(tmp_path / "rel"), "again")
     before = pl.read_parquet(store.glob("trials")).sort("trial_id", "epoch")
-    runner.run(parse(raw), str(tmp_path), resume=True)
+    assert before.height == 4
+    runner.run(parse(raw), "rel", resume=True)
     after = pl.read_parquet(store.glob("trials")).sort("trial_id", "epoch")
     assert before.equals(after)
     assert all(s["attempts"] == 1 for s in store.all_status())

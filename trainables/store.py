@@ -56,7 +56,7 @@ SCHEMAS = {
         ("n_used_factors", i64), ("n_normal_variance_factors", i64), ("train_loss", f64),
         ("noise_pi", pa.list_(f64)), ("noise_sigma2_k", pa.list_(f64)),
         ("eval_points", i64), ("used_threshold", f64), ("var_floor", f64),
-        ("true_factors", i64), ("config", s), ("code_version", s), ("host", s),
+        ("true_factors", i64), ("config", s), ("code_version", s), ("host", s), ("node", s),
         ("wall_time", f64), ("written_at", pa.timestamp("ms", tz="UTC")),
     ]),
     "factors": pa.schema([

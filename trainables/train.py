@@ -43,6 +43,7 @@ class Run:
     rows: dict[str, list[dict]] = field(default_factory=lambda: {"trials": [], "factors": [],
                                                                  "codes": []})
     flushed: int = 0                       # last epoch whose rows are on storage
+    node: str = ""                         # where it runs: host, or the Ray node
 
 
 def pick_device(name: str) -> torch.device:
@@ -118,7 +119,8 @@ def result_rows(run: Run, study: str, trial_id: str, ev: dict, train_loss: float
         "var_floor": cfg.noise.var_floor,
         "true_factors": None if test.factors is None else int(test.factors.shape[1]),
         "config": json.dumps(cfg.to_dict(), sort_keys=True), "code_version": code_version(),
-        "host": socket.gethostname(), "wall_time": run.wall,
+        "host": socket.gethostname(), "node": run.node or socket.gethostname(),
+        "wall_time": run.wall,
         "written_at": datetime.now(timezone.utc),
     }
     f = ind.factors
@@ -161,16 +163,20 @@ def flush(run: Run, store: ResultStore, trial_id: str) -> None:
 
 
 def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None,
-              log: Callable[[str], None] = print, trial_id: str | None = None) -> dict:
-    """Train one trial to its end (or resume it); returns the last row's metrics."""
+              log: Callable[[str], None] = print, trial_id: str | None = None,
+              node: str | None = None) -> dict:
+    """Train one trial to its end (or resume it); returns the last row's metrics.
+
+    `node` names where it runs (a Ray trial passes its node id); default: the host."""
     trial_id = trial_id or cfg.trial_id()
     done = store.status(trial_id)
     if done and done["state"] in ("completed", "diverged"):
         log(f"[{trial_id}] already {done['state']}; nothing to do")
         return done.get("final", {})
     attempts = (done or {}).get("attempts", 0) + 1
+    node = node or socket.gethostname()
     store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs,
-                     attempts=attempts)
+                     attempts=attempts, node=node)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
@@ -178,6 +184,7 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
     splits = datasets.split(data, cfg.dataset.split, cfg.dataset.split_seed)
     train_x, test = splits.train.x.to(device), splits.test.to(device)
     run = build(cfg, tuple(data.x.shape[1:]), device)
+    run.node = node
     state = store.load_checkpoint(trial_id)
     if state is not None:
         load_state(run, state)
