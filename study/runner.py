@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 import socket
 import time
 from dataclasses import dataclass
@@ -119,8 +120,10 @@ def start_ray(address: str | None, log=print) -> None:
         os.environ[LOOPBACK_ONLY] = "0"                  # for the processes Ray starts
         from ray._private import ray_constants           # and for this one, imported already
         ray_constants.ENABLE_RAY_CLUSTER = False
-        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-                 configure_logging=True, logging_level="warning")
+        # address="local": always a new private instance, never a `ray start` cluster (or a
+        # dead one's leftover address file) that ray.init() would otherwise look for.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="warning")
 
 
 def _is_loopback(address: str) -> bool:
@@ -135,20 +138,47 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
     log(f"results: {store.uri()}")
     t0 = time.time()
     ids = [c.trial_id() for c in configs]
-    write_meta(store, spec, ids, driver_host=socket.gethostname())
-    start_ray(address, log)
-    if scfg is None:
-        errors = fit(spec, store, _grid_tuner_args(configs))
-    else:
-        from study import optuna_run
+    with driver_lock(store):
+        write_meta(store, spec, ids, driver_host=socket.gethostname())
+        start_ray(address, log)
+        if scfg is None:
+            errors = fit(spec, store, _grid_tuner_args(configs))
+        else:
+            from study import optuna_run
 
-        ids, errors = optuna_run.fit_search(spec, scfg, store, log)
+            ids, errors = optuna_run.fit_search(spec, scfg, store, log)
     for trial_id, error in errors.items():
         st = store.status(trial_id)
         if not st or st["state"] not in ("completed", "diverged", "stopped"):
             store.set_status(trial_id, "failed", error=error)
     write_meta(store, spec, ids, finished=time.time())
     return Outcome(store, counts(store, ids), time.time() - t0)
+
+
+@contextmanager
+def driver_lock(store: ResultStore):
+    """One driver per study: a second `run`/`resume` of a study that is running is refused;
+    the lock of a driver that died (SIGKILL, reboot) is taken over."""
+    path = store.path("driver.lock")
+    if store.exists(path):
+        old = store.read_json(path)
+        if old.get("host") == socket.gethostname() and _alive(old.get("pid", -1)):
+            raise UsageError(f"name: study {store.study!r} is being run by pid {old['pid']} on "
+                             f"{old['host']} since {time.ctime(old.get('since', 0))}; wait for "
+                             "it, or stop it and `vaestudy resume`")
+    store.write_json(path, {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+    try:
+        yield
+    finally:
+        store.delete(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, OverflowError, ValueError):
+        return False
+    return True
 
 
 def _grid_tuner_args(configs: list[TrialConfig]) -> dict:

@@ -99,3 +99,30 @@ def test_train_runs_one_trial_and_prints_where_results_are(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "completed; results in" in r.stdout and str(tmp_path) in r.stdout
     assert list((tmp_path / "train" / "trials").rglob("*.parquet"))
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("npz-no-x", "no array named 'x'"),
+    ("npz-nan", "NaN"),
+    ("mixed-images", "mixed sizes"),
+    ("empty-folder", "no images"),
+])
+def test_bad_data_files_are_refused_before_anything_starts(capsys, tmp_path, case, needle):
+    import numpy as np
+    from PIL import Image
+    if case.startswith("npz"):
+        path = tmp_path / "d.npz"
+        arrays = {"y": np.zeros((4, 8, 8))} if case == "npz-no-x" else \
+            {"x": np.full((4, 8, 8), np.nan)}
+        np.savez(path, **arrays)
+        sets = ["dataset.name=npz", f"dataset.path={path}"]
+    else:
+        path = tmp_path / "imgs"
+        path.mkdir()
+        if case == "mixed-images":
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(path / "a.png")
+            Image.fromarray(np.zeros((9, 8), np.uint8)).save(path / "b.png")
+        sets = ["dataset.name=image_folder", f"dataset.path={path}"]
+    argv = ["run"] + [x for s in sets for x in ("--set", s)]
+    _refused(capsys, tmp_path, argv, str(path))
+    _refused(capsys, tmp_path, argv, needle)
