@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from study.inputs import UsageError
-from study.spec import StudySpec, trial_configs
+from study.spec import StudySpec, _is_grid, trial_configs
 from trainables.config import TrialConfig
 from trainables.store import ResultStore, StoreError, code_version
 
@@ -233,7 +233,7 @@ def reporter(spec: StudySpec):
     from ray.tune import CLIReporter
 
     keys = spec.axes() if spec.search is None else [
-        k for k, v in spec.trial.items() if isinstance(v, (dict, list))] + ["train.seed"]
+        k for k, v in spec.trial.items() if isinstance(v, dict) or _is_grid(k, v)] + ["train.seed"]
     params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1] for k in keys}
     return CLIReporter(
         parameter_columns=params, max_report_frequency=30, max_progress_rows=40,

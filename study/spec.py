@@ -58,7 +58,7 @@ class StudySpec:
 
     def size_line(self) -> str:
         if self.search is not None:
-            keys = [k for k, v in self.trial.items() if isinstance(v, (dict, list))]
+            keys = [k for k, v in self.trial.items() if isinstance(v, dict) or _is_grid(k, v)]
             keys += ["train.seed"] if len(self.seeds) > 1 else []
             sampler = ((self.search.get("optuna") or {}).get("sampler", "tpe")
                        if isinstance(self.search, dict) else "tpe")

@@ -77,7 +77,10 @@ def test_truncated_idx_file_is_refused_naming_it(capsys, tmp_path):
 
 @pytest.mark.parametrize("name", presets.names())
 def test_every_preset_is_valid_and_states_its_size(name):
+    from study.search import parse_search
     spec = parse(presets.load(name))
+    if spec.search is not None:
+        assert parse_search(spec).num_samples == spec.num_samples
     assert spec.size_line().endswith("trials") or spec.size_line().endswith("trial")
     assert spec.description
 

@@ -81,7 +81,7 @@ def train_epoch(run: Run, x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(run: Run, test: datasets.Data, chunk: int = 2000) -> dict:
+def evaluate(run: Run, test: datasets.Data, chunk: int = 500) -> dict:
     """EVLB, reconstruction and the indicators on up to eval.max_points test points."""
     ev, vae = run.cfg.eval, run.vae
     vae.eval()
