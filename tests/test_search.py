@@ -135,3 +135,33 @@ def test_distributions_without_proper_bounds_are_refused(capsys, tmp_path, dist,
     spec.write_text(yaml.safe_dump(raw))
     assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_asha_stopped_trials_are_stopped_in_parquet_and_pruned_in_optuna(tmp_path):
+    import ray
+    raw = {**BASE, "name": "asha", "num_samples": 8, "train": {"epochs": 4},
+           "eval": {"every": 1, "traversals": False},
+           "search": {"optuna": {"sampler": "random", "seed": 1},
+                      "asha": {"metric": "evlb", "grace_period": 1, "reduction_factor": 2}}}
+    runner.start_ray(None)
+    try:
+        runner.run(parse(raw), str(tmp_path))
+    finally:
+        ray.shutdown()
+    store = ResultStore(str(tmp_path), "asha")
+    study = _study(tmp_path, "asha")
+    states = {t.user_attrs["trial_id"]: t.state for t in study.get_trials()}
+    assert len(states) == 8
+    stopped = {s["trial_id"] for s in store.all_status() if s["state"] == "stopped"}
+    assert stopped, "ASHA stopped nothing"
+    assert stopped == {t for t, st in states.items() if st == optuna.trial.TrialState.PRUNED}
+    rows = pl.read_parquet(store.glob("trials"))
+    assert rows.n_unique(["trial_id", "epoch"]) == rows.height
+    last = rows.sort("epoch").group_by("trial_id").last()
+    for r in last.iter_rows(named=True):
+        if r["trial_id"] in stopped:
+            assert r["status"] == "stopped" and r["epoch"] < 4
+            assert sorted(rows.filter(pl.col("trial_id") == r["trial_id"])["epoch"]) == \
+                list(range(1, r["epoch"] + 1))             # every evaluated row kept
+        else:
+            assert r["status"] == "completed" and r["epoch"] == 4

@@ -215,8 +215,8 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
             flush(run, store, trial_id)
         if checkpoint:
             store.save_checkpoint(trial_id, run.epoch, state_dict(run), cfg.checkpoint.keep)
-        if evaluated and report:
-            report(last)
+        if evaluated and report and run.epoch < cfg.train.epochs:
+            report(last)                    # the last epoch is reported once the trial is done
     if cfg.eval.traversals:
         ev = evaluate(run, test)                             # deterministic: same as the last
         factors = traversal.pick_factors(ev["indicators"].factors["mi"], cfg.eval.used_threshold)
@@ -224,6 +224,8 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
         store.write_bytes(store.path("traversals", f"{trial_id}.png"), png)
     last = last or last_metrics(store, trial_id)
     store.finish(trial_id, "completed", final=last)
+    if report and last:                     # after finish: a scheduler may stop us here
+        report(last)
     return last
 
 
