@@ -99,8 +99,24 @@ def compute_tables(root: str, study: str, *, higgins: bool = True, threshold: fl
         frames["higgins"], frames["higgins_spread"] = h, equivalence.higgins_spread(h)
     chosen = trial or choose_trial(rows)
     frames["factors"] = factors.filter(pl.col("trial_id") == chosen) if chosen else factors.clear()
-    return figures.Tables(frames, pick_traversals(root, study, rows), config_labels(rows),
-                          chosen)
+    picks = pick_traversals(root, study, rows)
+    front = search_front(root, study)
+    if front is not None:              # an Optuna search: its own objectives' front
+        frames["tradeoff"] = frames["tradeoff"].with_columns(
+            pareto=pl.col("trial_id").is_in(front["trial_id"].to_list()))
+        picks = {tid: png for tid in front["trial_id"].to_list()[:3]
+                 if (png := load.traversal_png(root, study, tid)) is not None} or picks
+    return figures.Tables(frames, picks, config_labels(rows), chosen)
+
+
+def search_front(root: str, study: str) -> pl.DataFrame | None:
+    """analysis/pareto.parquet, which an Optuna search writes on its objectives."""
+    st = load.store(root, study)
+    path = st.path("analysis", "pareto.parquet")
+    if not st.exists(path):
+        return None
+    import io
+    return pl.read_parquet(io.BytesIO(st.read_bytes(path)))
 
 
 def _labelled(frame: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:

@@ -60,6 +60,12 @@ class OptunaStudySearcher(Searcher):
         return {"trial": {"id": tid, "config": cfg.to_dict(), "optuna_number": number},
                 "study": self.context}
 
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the state is the Optuna study in its RDB storage."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: the RDB storage is re-opened on resume."""
+
     def on_trial_complete(self, tune_id: str, result: dict | None = None, error: bool = False):
         from optuna.trial import TrialState
 
