@@ -222,10 +222,10 @@ def fit(spec: StudySpec, store: ResultStore, args: dict, search_alg=None, schedu
 
 
 def study_context(spec: StudySpec, store: ResultStore) -> dict:
-    """What a trial needs to find its store: an absolute root, since Ray runs trials in
-    working directories of its own."""
+    """What a trial needs to find its store and data: an absolute root, and the driver's
+    folder for relative data paths, since Ray runs trials in working directories of its own."""
     root = store.root if "://" in store.root else os.path.abspath(os.path.expanduser(store.root))
-    return {"root": root, "name": store.study, "cpu": spec.cpu}
+    return {"root": root, "name": store.study, "cpu": spec.cpu, "cwd": os.getcwd()}
 
 
 def reporter(spec: StudySpec):

@@ -12,6 +12,7 @@ not yet snapshotted).
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 
 import ray
@@ -26,6 +27,10 @@ def trainable(config: dict) -> None:
     cfg = TrialConfig.from_dict(config["trial"]["config"])
     threads = cfg.train.threads or max(1, int(config["study"]["cpu"]))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+    path = cfg.dataset.path
+    if path and "://" not in path and not os.path.isabs(path):   # as the driver saw it
+        path = os.path.join(config["study"].get("cwd", "."), path)
+        cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=path))
     store = ResultStore(config["study"]["root"], config["study"]["name"])
     trial_id = config["trial"]["id"]
     done = store.status(trial_id)

@@ -19,9 +19,11 @@ def ray_local():
     ray.shutdown()
 
 
-def test_four_trial_mnist_study_reads_back_with_polars(tmp_path, ray_local, mnist_dir):
+def test_four_trial_mnist_study_reads_back_with_polars(tmp_path, ray_local, mnist_dir,
+                                                      monkeypatch):
+    monkeypatch.chdir(mnist_dir.parent)          # a relative data path, resolved for the trials
     spec = parse({"name": "mnist4", "seeds": [0, 1],
-                  "dataset": {"name": "mnist", "path": str(mnist_dir), "limit": 300},
+                  "dataset": {"name": "mnist", "path": mnist_dir.name, "limit": 300},
                   "model": {"latent_dim": 8}, "noise": {"kind": ["specified", "learned"]},
                   "train": {"epochs": 2}, "eval": {"every": 1, "codes_points": 50},
                   "checkpoint": {"every": 1}, "max_concurrent": 2})
