@@ -44,6 +44,7 @@ class Run:
                                                                  "codes": []})
     flushed: int = 0                       # last epoch whose rows are on storage
     node: str = ""                         # where it runs: host, or the Ray node
+    last_mi: torch.Tensor | None = None    # per-factor MI of the last evaluation
 
 
 def pick_device(name: str) -> torch.device:
@@ -173,40 +174,12 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
     if done and done["state"] in ("completed", "diverged"):
         log(f"[{trial_id}] already {done['state']}; nothing to do")
         return done.get("final", {})
-    attempts = (done or {}).get("attempts", 0) + 1
-    node = node or socket.gethostname()
-    store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs,
-                     attempts=attempts, node=node)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
-    data = datasets.load(cfg.dataset)
-    splits = datasets.split(data, cfg.dataset.split, cfg.dataset.split_seed)
-    train_x, test = splits.train.x.to(device), splits.test.to(device)
-    run = build(cfg, tuple(data.x.shape[1:]), device)
-    run.node = node
-    state = store.load_checkpoint(trial_id)
-    if state is not None:
-        load_state(run, state)
-        log(f"[{trial_id}] resuming after epoch {run.epoch} from its checkpoint")
-    store.rollback(trial_id, run.epoch)
+    run, train_x, test = _start(cfg, store, trial_id, node, done, log)
     last: dict = {}
     while run.epoch < cfg.train.epochs:
-        t0 = time.perf_counter()
-        if cfg.train.fault_nan_epoch == run.epoch + 1:      # a real NaN through the real step
-            with torch.no_grad():
-                next(run.vae.parameters()).view(-1)[0] = float("nan")
-        loss = train_epoch(run, train_x)
-        run.epoch += 1
-        run.wall += time.perf_counter() - t0
+        loss = _timed_epoch(run, train_x)
         if not math.isfinite(loss) or not _finite_params(run):
-            log(f"[{trial_id}] diverged at epoch {run.epoch} (loss {loss}); keeping the last "
-                "good evaluation")
-            run.epoch -= 1
-            flush(run, store, trial_id)
-            store.finish(trial_id, "diverged", error=f"non-finite loss at epoch {run.epoch + 1}",
-                         final=last)
-            return last
+            return _diverged(run, store, trial_id, loss, last, log)
         evaluated = run.epoch % cfg.eval.every == 0 or run.epoch == cfg.train.epochs
         if evaluated:
             last = _evaluate_and_buffer(run, store.study, trial_id, loss, test)
@@ -217,9 +190,59 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
             store.save_checkpoint(trial_id, run.epoch, state_dict(run), cfg.checkpoint.keep)
         if evaluated and report and run.epoch < cfg.train.epochs:
             report(last)                    # the last epoch is reported once the trial is done
+    return _completed(run, store, trial_id, test, last, report)
+
+
+def _start(cfg, store, trial_id, node, done, log):
+    """Mark the trial running, load its data and model, resume from its latest checkpoint."""
+    node = node or socket.gethostname()
+    store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs,
+                     attempts=(done or {}).get("attempts", 0) + 1, node=node)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    data = datasets.load(cfg.dataset)
+    splits = datasets.split(data, cfg.dataset.split, cfg.dataset.split_seed)
+    run = build(cfg, tuple(data.x.shape[1:]), device)
+    run.node = node
+    state = store.load_checkpoint(trial_id)
+    if state is not None:
+        load_state(run, state)
+        log(f"[{trial_id}] resuming after epoch {run.epoch} from its checkpoint")
+    store.rollback(trial_id, run.epoch)                 # rows after it are recomputed
+    return run, splits.train.x.to(device), splits.test.to(device)
+
+
+def _timed_epoch(run: Run, train_x: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    if run.cfg.train.fault_nan_epoch == run.epoch + 1:   # a real NaN through the real step
+        with torch.no_grad():
+            next(run.vae.parameters()).view(-1)[0] = float("nan")
+    loss = train_epoch(run, train_x)
+    run.epoch += 1
+    run.wall += time.perf_counter() - t0
+    return loss
+
+
+def _diverged(run, store, trial_id, loss, last, log) -> dict:
+    """End the trial as diverged; its rows up to the last good evaluation stay."""
+    log(f"[{trial_id}] diverged at epoch {run.epoch} (loss {loss}); keeping the last good "
+        "evaluation")
+    run.epoch -= 1
+    flush(run, store, trial_id)
+    last = last or last_metrics(store, trial_id)
+    store.finish(trial_id, "diverged", error=f"non-finite loss at epoch {run.epoch + 1}",
+                 final=last)
+    return last
+
+
+def _completed(run, store, trial_id, test, last, report) -> dict:
+    """Traversals, merged files, the completed state; then the final report."""
+    cfg = run.cfg
     if cfg.eval.traversals:
-        ev = evaluate(run, test)                             # deterministic: same as the last
-        factors = traversal.pick_factors(ev["indicators"].factors["mi"], cfg.eval.used_threshold)
+        mi = run.last_mi if run.last_mi is not None else \
+            evaluate(run, test)["indicators"].factors["mi"]  # resumed at the end: recompute
+        factors = traversal.pick_factors(mi, cfg.eval.used_threshold)
         png = traversal.montage(run.vae, test.x[:cfg.eval.traversal_images], factors)
         store.write_bytes(store.path("traversals", f"{trial_id}.png"), png)
     last = last or last_metrics(store, trial_id)
@@ -232,6 +255,7 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
 def _evaluate_and_buffer(run, study, trial_id, loss, test) -> dict:
     ev = evaluate(run, test)
     rows = result_rows(run, study, trial_id, ev, loss, test)
+    run.last_mi = ev["indicators"].factors["mi"]
     run.rows["trials"] += rows["trials"]
     run.rows["factors"] += rows["factors"]
     if run.epoch == run.cfg.train.epochs:                    # codes: the last evaluation only
