@@ -92,6 +92,11 @@ def _run(spec, root: str, address: str | None, resume: bool, report: bool) -> in
     print(f"study {spec.name}: {out.counts['completed']} completed, {out.counts['diverged']} "
           f"diverged, {out.counts['failed']} failed in {out.seconds:.0f} s; results in "
           f"{out.store.uri()}")
+    unfinished = out.counts.get("running", 0) + out.counts.get("pending", 0)
+    if unfinished:
+        print(f"{unfinished} trials did not finish (interrupted); continue with "
+              f"`vaestudy resume {out.store.uri()}`", file=sys.stderr)
+        return 130
     return 0 if out.counts["failed"] == 0 else 1
 
 

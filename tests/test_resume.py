@@ -75,3 +75,31 @@ def test_sigkilled_driver_then_resume_gives_each_epoch_once(tmp_path):
     resumed_trials = [s for s in store.all_status() if s.get("attempts", 1) > 1]
     assert resumed_trials, "no trial was interrupted and resumed"
     assert all(s["state"] == "completed" for s in store.all_status())
+
+
+def test_ctrl_c_stops_the_study_and_says_how_to_resume(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("name: killed", "name: interrupted"))
+    root = tmp_path / "res"
+    store = ResultStore(str(root), "interrupted")
+    driver = subprocess.Popen(_cli("run", str(spec), "--out", str(root), "--no-report"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            if list(Path(store.path("checkpoints")).glob("*/epoch-000002.pt")):
+                break
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)
+        out, _ = driver.communicate(timeout=180)
+    finally:
+        _kill_group(driver.pid)
+    assert driver.returncode == 130, out[-2000:]
+    assert "vaestudy resume" in out
+    assert not (root / "interrupted" / "driver.lock").exists()
+    resumed = subprocess.run(_cli("resume", str(root / "interrupted"), "--no-report"),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pl.scan_parquet(store.glob("trials")).collect()
+    assert trials.height == 4 * 8 and trials.n_unique(["trial_id", "epoch"]) == trials.height
