@@ -56,12 +56,20 @@ def config_labels(rows: pl.DataFrame) -> dict[str, str]:
 
 
 def choose_trial(rows: pl.DataFrame) -> str | None:
-    """Fig. 2/16's model: a learned-noise beta = 1 trial as in Fig. 2, else the best EVLB."""
+    """Fig. 2/16's model: a learned-noise beta = 1 trial as in Fig. 2; else, where the data's
+    P is known, the trial whose used-factor count is closest to P; else the best EVLB. Among
+    those, one with both used and unused factors, so both kinds of pulse show."""
     if rows.is_empty():
         return None
     pref = rows.filter((pl.col("noise") == "learned") & (pl.col("beta") == 1.0))
-    pick = (pref if pref.height else rows).sort("evlb", descending=True, nulls_last=True)
-    return pick["trial_id"][0]
+    pick = pref if pref.height else rows
+    mixed = pick.filter((pl.col("n_used") > 0) & (pl.col("n_used") < pl.col("latent_dim")))
+    pick = mixed if mixed.height else pick
+    if not pref.height and "true_factors" in pick.columns and \
+            pick["true_factors"].is_not_null().any():
+        pick = pick.with_columns(gap=(pl.col("n_used") - pl.col("true_factors")).abs())
+        return pick.sort("gap", pl.col("evlb").neg(), nulls_last=True)["trial_id"][0]
+    return pick.sort("evlb", descending=True, nulls_last=True)["trial_id"][0]
 
 
 def pick_traversals(root: str, study: str, rows: pl.DataFrame, k: int = 3) -> dict[str, bytes]:
