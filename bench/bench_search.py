@@ -48,13 +48,13 @@ def hypervolume_2d(points: np.ndarray) -> float:
 
 
 def front_points(root: str, name: str) -> np.ndarray:
+    """(-EVLB, KL) of every completed trial: both to minimise."""
     import polars as pl
 
-    from study.status import last_rows
-    from trainables.store import ResultStore
+    from analysis import load
 
-    rows = last_rows(ResultStore(root, name))
-    rows = rows.filter(pl.col("evlb").is_finite() & pl.col("kl_qz_pz").is_finite())
+    rows = load.trials(root, name).filter(pl.col("evlb").is_finite()
+                                           & pl.col("kl_qz_pz").is_finite()).collect()
     return np.column_stack([-rows["evlb"].to_numpy(), rows["kl_qz_pz"].to_numpy()])
 
 

@@ -111,12 +111,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import build_report
     from study.status import split_study_path
 
-    root, name = split_study_path(args.study)
-    store_name = check_name(name, "DIR/STUDY")
     from trainables.store import ResultStore
-    if not ResultStore(root, store_name).exists(ResultStore(root, store_name).path("trials")):
+
+    root, name = split_study_path(args.study)
+    store = ResultStore(root, check_name(name, "DIR/STUDY"))
+    if not store.exists(store.path("trials")):
         raise UsageError(f"{args.study}: no trials/ folder there; not a study with results")
-    print(f"report: {build_report(root, store_name, higgins=not args.no_higgins)}")
+    print(f"report: {build_report(root, store.study, higgins=not args.no_higgins)}")
     return 0
 
 

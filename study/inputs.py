@@ -34,7 +34,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(doc, dict):
         raise UsageError(f"{p}: the top level must be a mapping of keys; got {type(doc).__name__}")
-    return doc
+    return _number(doc)
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
@@ -54,10 +54,7 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
 def _number(v: Any) -> Any:
     """YAML 1.1 reads `1e-3` as a string; users mean a number."""
     if isinstance(v, str):
-        try:
-            return float(v) if re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", v) else v
-        except ValueError:
-            return v
+        return float(v) if re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", v) else v
     if isinstance(v, list):
         return [_number(x) for x in v]
     if isinstance(v, dict):

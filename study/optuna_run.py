@@ -56,20 +56,18 @@ def write_pareto(store: ResultStore, scfg: SearchConfig) -> int:
     import polars as pl
     import pyarrow.parquet as pq
 
+    from analysis import load
     from analysis.tradeoff import pareto_mask
-    from study.status import last_rows
 
-    rows = last_rows(store)
-    if rows is None or rows.height == 0:
+    rows = load.trials(store.root, store.study).filter(pl.col("state") == "completed").collect()
+    if rows.height == 0:
         return 0
-    done = {s["trial_id"] for s in store.all_status() if s["state"] == "completed"}
-    rows = rows.filter(pl.col("trial_id").is_in(list(done)))
     if scfg.used_target is not None:
         rows = rows.with_columns(used_distance=(pl.col("n_used_factors") - scfg.used_target).abs())
     objectives = dict(scfg.objectives)
     front = rows.filter(pareto_mask(rows, objectives)).select(
         "trial_id", "noise", "beta", "sigma2", "equivalent_sigma2", "latent_dim", "seed", "epoch",
-        *[m for m in objectives if m not in ("noise",)]).sort(scfg.objectives[0][0])
+        *objectives).sort(scfg.objectives[0][0])
     buf = io.BytesIO()
     pq.write_table(front.to_arrow(), buf)
     store.write_bytes(store.path("analysis", "pareto.parquet"), buf.getvalue())

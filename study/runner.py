@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from study.inputs import UsageError
 from study.spec import StudySpec, _is_grid, trial_configs
+from study.status import count_states
 from trainables.config import TrialConfig
 from trainables.store import ResultStore, StoreError, code_version
 
@@ -142,7 +143,7 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         write_meta(store, spec, ids, driver_host=socket.gethostname())
         start_ray(address, log)
         if scfg is None:
-            errors = fit(spec, store, _grid_tuner_args(configs))
+            errors = fit(spec, store, _grid_space(configs))
         else:
             from study import optuna_run
 
@@ -152,7 +153,7 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         if not st or st["state"] not in ("completed", "diverged", "stopped"):
             store.set_status(trial_id, "failed", error=error)
     write_meta(store, spec, ids, finished=time.time())
-    return Outcome(store, counts(store, ids), time.time() - t0)
+    return Outcome(store, count_states(store, ids), time.time() - t0)
 
 
 @contextmanager
@@ -181,14 +182,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _grid_tuner_args(configs: list[TrialConfig]) -> dict:
+def _grid_space(configs: list[TrialConfig]) -> dict:
     from ray import tune
 
-    return {"param_space": {"trial": tune.grid_search(
-        [{"id": c.trial_id(), "config": c.to_dict()} for c in configs])}}
+    return {"trial": tune.grid_search([{"id": c.trial_id(), "config": c.to_dict()}
+                                       for c in configs])}
 
 
-def fit(spec: StudySpec, store: ResultStore, args: dict, search_alg=None, scheduler=None,
+def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, scheduler=None,
         num_samples: int = 1) -> dict[str, str]:
     """Run trials through Tune; returns {trial_id: error} of trials that failed for good."""
     import ray
@@ -199,9 +200,8 @@ def fit(spec: StudySpec, store: ResultStore, args: dict, search_alg=None, schedu
     if gpu is None:                               # share a card between small models
         gpu = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": gpu})
-    space = dict(args.get("param_space", {}))
-    if search_alg is None:
-        space["study"] = study_context(spec, store)
+    if search_alg is None:                        # a searcher puts the context in its configs
+        space = {**space, "study": study_context(spec, store)}
     tuner = tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
@@ -245,12 +245,3 @@ def reporter(spec: StudySpec):
 def _trainable():
     from study.trainable import trainable
     return trainable
-
-
-def counts(store: ResultStore, ids: list[str]) -> dict[str, int]:
-    by_id = {s["trial_id"]: s["state"] for s in store.all_status()}
-    out = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 0}
-    for t in ids:
-        state = by_id.get(t, "pending")
-        out[state] = out.get(state, 0) + 1
-    return out

@@ -144,23 +144,27 @@ def _check_trials(spec: StudySpec, allow_distributions: bool) -> None:
             if not allow_distributions:
                 raise UsageError(f"{key}: got {value!r}; a distribution needs `search:` in the "
                                  "spec; for a grid, give a list of values")
-    if allow_distributions:
-        return                                      # the search module checks distributions
+    if not allow_distributions:                     # the search module checks distributions
+        trial_configs(spec)
+
+
+def trial_configs(spec: StudySpec) -> list[TrialConfig]:
+    """Every grid point's TrialConfig; a bad value or two points that make one trial are refused."""
     seen: dict[str, dict] = {}
+    configs = []
     for flat in spec.grid():
         try:
-            tid = TrialConfig.from_dict(flat).trial_id()
+            cfg = TrialConfig.from_dict(flat)
         except ConfigError as e:
             raise UsageError(str(e)) from None
+        tid = cfg.trial_id()
         if tid in seen:
             diff = sorted(k for k in flat if flat[k] != seen[tid].get(k))
             raise UsageError(f"{', '.join(diff) or 'grid'}: two grid points make the same trial "
                              f"({tid}); these keys do not change what a trial computes")
         seen[tid] = flat
-
-
-def trial_configs(spec: StudySpec) -> list[TrialConfig]:
-    return [TrialConfig.from_dict(flat) for flat in spec.grid()]
+        configs.append(cfg)
+    return configs
 
 
 def _mapping(key: str, value: Any, allowed: set[str]) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from analysis import load
 from trainables.store import ResultStore
 
 
@@ -15,32 +16,29 @@ def split_study_path(path: str) -> tuple[str, str]:
     return root, name
 
 
-def last_rows(store: ResultStore) -> pl.DataFrame | None:
-    """Each trial's last evaluated row (each (trial_id, epoch) counted once)."""
-    try:
-        lf = pl.scan_parquet(store.glob("trials"), hive_partitioning=False)
-        return (lf.sort("written_at").unique(["trial_id", "epoch"], keep="last")
-                  .sort("epoch").group_by("trial_id").last().collect())
-    except (pl.exceptions.ComputeError, FileNotFoundError, OSError):
-        return None
+def count_states(store: ResultStore, ids: list[str]) -> dict[str, int]:
+    """Trials by state; a trial without a status file is pending."""
+    by_id = {s["trial_id"]: s["state"] for s in store.all_status()}
+    out = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 0}
+    for t in ids:
+        state = by_id.get(t, "pending")
+        out[state] = out.get(state, 0) + 1
+    return out
 
 
 def status_text(store: ResultStore, top: int = 5) -> str:
     meta = store.read_json(store.path("study.json")) if store.exists(store.path("study.json")) else {}
     states = {s["trial_id"]: s for s in store.all_status()}
     ids = meta.get("trials") or sorted(states)
-    counts: dict[str, int] = {}
-    for t in ids:
-        st = states.get(t, {}).get("state", "pending")
-        counts[st] = counts.get(st, 0) + 1
+    counts = {k: v for k, v in count_states(store, ids).items() if v}
     lines = [f"study {store.study} at {store.uri()}: {meta.get('size', f'{len(ids)} trials')}",
              "  " + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))]
     for t in ids:
         st = states.get(t, {})
         if st.get("state") in ("failed", "diverged"):
             lines.append(f"  {st['state']:>8} {t}: {st.get('error', '')[-300:]}")
-    rows = last_rows(store)
-    if rows is not None and rows.height:
+    rows = load.trials(store.root, store.study).collect()
+    if rows.height:
         cols = ["trial_id", "noise", "beta", "sigma2", "seed", "epoch", "evlb", "recon_mse",
                 "kl_qz_pz", "n_used_factors"]
         best = rows.sort("evlb", descending=True, nulls_last=True).head(top).select(cols)

@@ -32,14 +32,5 @@ def trainable(config: dict) -> None:
         path = os.path.join(config["study"].get("cwd", "."), path)
         cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=path))
     store = ResultStore(config["study"]["root"], config["study"]["name"])
-    trial_id = config["trial"]["id"]
-    done = store.status(trial_id)
-    if done and done.get("state") in ("completed", "diverged") and done.get("final"):
-        tune.report({**done["final"], "state": done["state"]})    # show it in the table
-        return
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
-    final = run_trial(cfg, store, report=lambda m: tune.report({**m, "state": "running"}),
-                      trial_id=trial_id, node=node)
-    state = store.status(trial_id)["state"]
-    if state != "completed" and final:
-        tune.report({**final, "state": state})
+    run_trial(cfg, store, report=tune.report, trial_id=config["trial"]["id"], node=node)

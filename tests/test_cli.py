@@ -129,3 +129,11 @@ def test_bad_data_files_are_refused_before_anything_starts(capsys, tmp_path, cas
     argv = ["run"] + [x for s in sets for x in ("--set", s)]
     _refused(capsys, tmp_path, argv, str(path))
     _refused(capsys, tmp_path, argv, needle)
+
+
+def test_exponent_notation_in_a_spec_file_is_a_number(tmp_path):
+    from study.inputs import load_yaml
+    spec = tmp_path / "s.yaml"
+    spec.write_text("train: {lr: 1e-4}\nnoise: {sigma2: [5e-4, 1e-3]}\n")
+    s = parse(load_yaml(spec))
+    assert s.trial["train.lr"] == 1e-4 and s.axes()["noise.sigma2"] == [5e-4, 1e-3]

@@ -8,7 +8,6 @@ the training device: batches are index slices, no worker processes.
 from __future__ import annotations
 
 import gzip
-import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,7 +262,3 @@ def _square(im):
 LOADERS = {"mnist": load_mnist, "intrinsic": load_intrinsic, "npz": load_npz,
            "image_folder": load_image_folder}
 
-
-def check_finite(data: Data, source: str) -> None:
-    if not torch.isfinite(data.x).all() or math.isnan(float(data.x.sum())):
-        raise DataError(f"{source}: images hold NaN or inf values")

@@ -54,13 +54,14 @@ class SpecifiedNoise(NoiseModel):
 
     def __init__(self, cfg: NoiseConfig):
         super().__init__()
-        self.register_buffer("sigma2", torch.tensor(cfg.sigma2, dtype=torch.float64))
+        self.value = cfg.sigma2                             # recorded exactly as configured
+        self.register_buffer("sigma2", torch.tensor(cfg.sigma2))
 
     def log_lik(self, x, xhat):
-        return gaussian_log_lik((x - xhat).flatten(1).pow(2), self.sigma2.float())
+        return gaussian_log_lik((x - xhat).flatten(1).pow(2), self.sigma2)
 
     def summary(self):
-        return {"sigma2": float(self.sigma2)}
+        return {"sigma2": self.value}
 
 
 class LearnedNoise(NoiseModel):

@@ -221,16 +221,19 @@ class ResultStore:
                     self.delete(self.path(table, trial_id, name))
 
     def read_trial(self, table: str, trial_id: str) -> pa.Table | None:
-        tables = [pq.read_table(self.fs.open_input_file(p)) for *_, p in self.parts(table, trial_id)]
-        return pa.concat_tables(tables) if tables else None
+        parts = self.parts(table, trial_id)
+        return self._read(parts) if parts else None
+
+    def _read(self, parts: list[tuple[int, int, str]]) -> pa.Table:
+        return pa.concat_tables([pq.read_table(self.fs.open_input_file(p)) for *_, p in parts])
 
     def finish(self, trial_id: str, state: str, error: str | None = None, **extra) -> None:
         """Merge the trial's segments, stamp its last row with `state`, record the state."""
         for table in TABLES:
-            t = self.read_trial(table, trial_id)
             parts = self.parts(table, trial_id)
-            if t is None:
+            if not parts:
                 continue
+            t = self._read(parts)
             if table == "trials":
                 last = max(t.column("epoch").to_pylist())
                 status = [state if e == last else "running" for e in t.column("epoch").to_pylist()]

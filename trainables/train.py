@@ -22,7 +22,7 @@ from trainables import data as datasets
 from trainables import indicators, traversal
 from trainables.config import TrialConfig
 from trainables.store import ResultStore, code_version
-from trainables.vae import VAE
+from trainables.vae import VAE, kl_to_prior
 
 Report = Callable[[dict], None]
 METRICS = ("trial_id", "epoch", "evlb", "recon_mse", "kl_post_prior", "mi_xz", "kl_qz_pz",
@@ -93,7 +93,7 @@ def evaluate(run: Run, test: datasets.Data, chunk: int = 500) -> dict:
         xb = test.x[i:min(i + chunk, n)]
         eps = torch.randn(xb.shape[0], run.cfg.model.latent_dim, generator=g, device=run.device)
         mu, logvar, log_lik, err = vae.evlb_terms(xb, eps)
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        kl = kl_to_prior(mu, logvar).sum(1)
         evlb += float((log_lik - kl).sum())                             # Eq. 13, beta = 1
         mse += float(err.sum())
         mus.append(mu)
@@ -173,7 +173,10 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
     done = store.status(trial_id)
     if done and done["state"] in ("completed", "diverged"):
         log(f"[{trial_id}] already {done['state']}; nothing to do")
-        return done.get("final", {})
+        final = done.get("final", {})
+        if report and final:                # a rerun still shows it in the progress table
+            report(final)
+        return final
     run, train_x, test = _start(cfg, store, trial_id, node, done, log)
     last: dict = {}
     while run.epoch < cfg.train.epochs:
