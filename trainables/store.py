@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -43,6 +44,7 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -106,13 +108,54 @@ def recorded_trials(meta: dict) -> list[dict]:
 
 
 SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss")
+S3_QUERY = ("endpoint_override", "scheme", "region")     # where the server is, never who you are
+SECRETS = ("access_key", "secret_key", "session_token", "role_arn", "external_id")
 
 
 def check_uri(root: str) -> None:
-    """Refuse an unknown scheme without touching any filesystem or network."""
-    if "://" in root and root.split("://", 1)[0] not in SCHEMES:
-        raise StoreError(f"storage: unknown scheme {root.split('://', 1)[0]!r} in {root!r}; "
+    """Refuse an unknown scheme or query key without touching any filesystem or network."""
+    if "://" not in root:
+        return
+    scheme = root.split("://", 1)[0]
+    if scheme not in SCHEMES:
+        raise StoreError(f"storage: unknown scheme {scheme!r} in {root!r}; "
                          "allowed: a local path, file://, s3://, gs://, hdfs://, abfs://")
+    query = urlsplit(root).query
+    for key in parse_qs(query, keep_blank_values=True):
+        if key in SECRETS:
+            raise StoreError(f"storage: {key} in the URI; credentials come only from the "
+                             "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or the "
+                             "AWS profile, never from a URI that is stored and logged")
+        if scheme == "s3" and key not in S3_QUERY:
+            raise StoreError(f"storage: unknown query parameter {key!r} in the URI; allowed: "
+                             f"{', '.join(S3_QUERY)}")
+
+
+def resolve_root(root: str) -> str:
+    """The root every process opens: for s3://, the endpoint and region of the standard AWS
+    variables (AWS_ENDPOINT_URL[_S3], AWS_REGION, AWS_DEFAULT_REGION) written into its query,
+    so trials on other nodes reach the same server; values in the URI win. No credentials."""
+    check_uri(root)
+    if not root.startswith("s3://"):
+        return root
+    parts = urlsplit(root)
+    q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "endpoint_override" not in q:
+        e = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        q["endpoint_override"] = e.netloc
+        q.setdefault("scheme", e.scheme)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region and "region" not in q:
+        q["region"] = region
+    query = urlencode(sorted(q.items()), safe=":")
+    return urlunsplit(("s3", parts.netloc, parts.path, query, ""))
+
+
+def split_query(uri: str) -> tuple[str, str]:
+    """'s3://b/p?x=1' -> ('s3://b/p', '?x=1')."""
+    base, sep, query = uri.partition("?")
+    return base, sep + query
 
 
 def open_root(root: str) -> tuple[pafs.FileSystem, str]:
@@ -121,9 +164,37 @@ def open_root(root: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in root:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
     try:
+        if root.startswith("s3://"):
+            return _s3(root)
         return pafs.FileSystem.from_uri(root)
     except (pa.ArrowInvalid, OSError) as e:
         raise StoreError(f"storage: cannot open {root!r}: {e}") from None
+
+
+def _s3(root: str) -> tuple[pafs.FileSystem, str]:
+    """S3 with credentials from the default chain (environment, profile, instance role),
+    short connect timeouts and few retries, so an unreachable endpoint fails in seconds."""
+    parts = urlsplit(root)
+    q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    fs = pafs.S3FileSystem(endpoint_override=q.get("endpoint_override"),
+                           scheme=q.get("scheme", "https"), region=q.get("region"),
+                           connect_timeout=5, request_timeout=30,
+                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
+    return fs, f"{parts.netloc}{parts.path}"
+
+
+def polars_options(root: str) -> dict[str, str] | None:
+    """Polars' storage_options for the same server (credentials still from the environment)."""
+    if not root.startswith("s3://"):
+        return None
+    q = {k: v[-1] for k, v in parse_qs(urlsplit(root).query).items()}
+    out = {}
+    if "endpoint_override" in q:
+        out["aws_endpoint_url"] = f"{q.get('scheme', 'https')}://{q['endpoint_override']}"
+        out["aws_allow_http"] = str(q.get("scheme") == "http").lower()
+    if "region" in q:
+        out["aws_region"] = q["region"]
+    return out or None
 
 
 @lru_cache(maxsize=1)
@@ -146,31 +217,37 @@ def code_version() -> str:
 
 class ResultStore:
     def __init__(self, root: str, study: str):
-        self.root, self.study = root, study
-        self.fs, base = open_root(root)
+        self.root, self.study = resolve_root(root), study
+        self.fs, base = open_root(self.root)
         self.base = f"{base.rstrip('/')}/{study}"
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.storage_options = polars_options(self.root)
+        self._status: dict[str, dict] = {}            # status files this process wrote
+        self._last: dict[str, tuple[int, int, pa.Table]] = {}   # its last trials segment
 
     # ---- paths -------------------------------------------------------------
     def path(self, *parts: str) -> str:
         return "/".join([self.base, *parts])
 
     def uri(self, *parts: str) -> str:
-        """A path Polars and users can open (local path or URI)."""
+        """Where users find it: a local path, or a URI with the server's query (no secrets)."""
         p = self.path(*parts)
-        return p if self.local else f"{self.root.split('://')[0]}://{p}"
+        return p if self.local else f"{self.root.split('://')[0]}://{p}{split_query(self.root)[1]}"
 
     def glob(self, table: str) -> str:
-        return self.uri(table, "**", "*.parquet")
+        """A glob Polars scans, with `storage_options` (a plain URI: Polars takes no query)."""
+        p = self.path(table, "**", "*.parquet")
+        return p if self.local else f"{self.root.split('://')[0]}://{p}"
 
     # ---- low-level atomic IO ---------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
-        """Atomic: readers see the old file or the whole new one, never a part."""
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        if not self.local:                       # object stores publish a PUT atomically
+        """Atomic: readers see the old file or the whole new one, never a part. On object
+        stores one PUT, which they publish atomically, and no directory markers."""
+        if not self.local:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
             return
+        os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as f:
             f.write(data)
@@ -217,7 +294,7 @@ class ResultStore:
             self.write_bytes(probe, b"x" * 4096)
             self.delete(probe)
         except OSError as e:
-            raise StoreError(f"storage: cannot write to {self.uri()}: {e}") from None
+            raise StoreError(f"storage: cannot write to {self.uri()}: {_why(e)}") from None
 
     # ---- segments ----------------------------------------------------------------
     def write_segment(self, trial_id: str, rows: dict[str, list[dict]], first: int, last: int):
@@ -225,6 +302,8 @@ class ResultStore:
             if table_rows:
                 t = pa.Table.from_pylist(table_rows, schema=SCHEMAS[table])
                 self._write_table(table, trial_id, t, first, last)
+                if table == "trials":                  # `finish` stamps it without a read
+                    self._last[trial_id] = (first, last, t)
 
     def _write_table(self, table: str, trial_id: str, t: pa.Table, first: int, last: int):
         t = t.replace_schema_metadata({**(t.schema.metadata or {}),
@@ -274,39 +353,59 @@ class ResultStore:
         return t.replace_schema_metadata(None)
 
     def finish(self, trial_id: str, state: str, error: str | None = None, **extra) -> None:
-        """Merge the trial's segments, stamp its last row with `state`, record the state."""
+        """Stamp the trial's last row with `state` and record the state. On local disk its
+        segments are merged into one file per table; on object stores, where that costs a
+        read and a delete per segment, only the last trials segment is rewritten."""
+        if self.local:
+            self._merge(trial_id, state)
+        else:
+            self._stamp_last(trial_id, state)
+        self.set_status(trial_id, state, error=error, **extra)
+
+    def _stamp_last(self, trial_id: str, state: str) -> None:
+        if trial_id in self._last:
+            first, last, t = self._last[trial_id]
+        else:
+            parts = self.parts("trials", trial_id)
+            if not parts:
+                return
+            first, last, path = parts[-1]
+            t = self._read_file(path)
+        self._write_table("trials", trial_id, _stamp(t, state), first, last)
+
+    def _merge(self, trial_id: str, state: str) -> None:
         for table in TABLES:
             parts = self.parts(table, trial_id)
             if not parts:
                 continue
             t = self._read(parts)
             if table == "trials":
-                last = max(t.column("epoch").to_pylist())
-                status = [state if e == last else "running" for e in t.column("epoch").to_pylist()]
-                t = t.set_column(t.schema.get_field_index("status"), "status",
-                                 pa.array(status, pa.string()))
+                t = _stamp(t, state)
             first, last = parts[0][0], parts[-1][1]
             self._write_table(table, trial_id, t.sort_by("epoch"), first, last)
             for a, b, path in parts:
                 if (a, b) != (first, last):
                     self.delete(path)
-        self.set_status(trial_id, state, error=error, **extra)
 
     # ---- trial status ------------------------------------------------------------
     def set_status(self, trial_id: str, state: str, **fields) -> None:
         assert state in STATES, state
         path = self.path("status", f"{trial_id}.json")
-        old = self.read_json(path) if self.exists(path) else {}
+        old = self._status.get(trial_id) or self.status(trial_id) or {}
         new = {**old, **{k: v for k, v in fields.items() if v is not None},
                "trial_id": trial_id, "state": state, "updated": time.time(),
                "host": socket.gethostname()}
         if state in ("running",):
             new.pop("error", None)
         self.write_json(path, new)
+        self._status[trial_id] = new
 
     def status(self, trial_id: str) -> dict | None:
-        path = self.path("status", f"{trial_id}.json")
-        return self.read_json(path) if self.exists(path) else None
+        """The trial's status file, or None: one GET, no existence check first."""
+        try:
+            return self.read_json(self.path("status", f"{trial_id}.json"))
+        except FileNotFoundError:
+            return None
 
     def all_status(self) -> list[dict]:
         out = []
@@ -316,12 +415,10 @@ class ResultStore:
         return out
 
     # ---- checkpoints ---------------------------------------------------------------
-    def save_checkpoint(self, trial_id: str, epoch: int, state: dict, keep: int) -> None:
-        import torch
-
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        self.write_bytes(self.path("checkpoints", trial_id, f"epoch-{epoch:06d}.pt"), buf.getvalue())
+    def save_checkpoint(self, trial_id: str, epoch: int, state: dict | bytes, keep: int) -> None:
+        """Write a checkpoint (a state dict, or one `checkpoint_bytes` serialised), keep `keep`."""
+        data = state if isinstance(state, bytes) else checkpoint_bytes(state)
+        self.write_bytes(self.path("checkpoints", trial_id, f"epoch-{epoch:06d}.pt"), data)
         for e, path in self.checkpoints(trial_id)[:-keep]:
             self.delete(path)
 
@@ -342,6 +439,41 @@ class ResultStore:
             try:
                 return torch.load(io.BytesIO(self.read_bytes(path)), weights_only=True,
                                   map_location="cpu")
-            except (RuntimeError, EOFError, OSError) as err:   # corrupt: take the previous
-                print(f"[store] skipping unreadable checkpoint {path}: {err}")
+            except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+                # truncated, corrupt, or holding objects weights_only refuses: take the one before
+                print(f"[store] skipping checkpoint {path}: cannot load it "
+                      f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})",
+                      flush=True)
         return None
+
+
+def checkpoint_bytes(state: dict) -> bytes:
+    """A state dict as torch.save bytes: taken on the training thread, so the copy is of this
+    epoch's weights; the upload can then happen on any thread."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def _stamp(t: pa.Table, state: str) -> pa.Table:
+    """The trials table with its last epoch's `status` set to `state`."""
+    epochs = t.column("epoch").to_pylist()
+    status = [state if e == max(epochs) else "running" for e in epochs]
+    return t.set_column(t.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+
+
+def _why(e: OSError) -> str:
+    """An S3 error as one line a user can act on."""
+    text = " ".join(str(e).split())
+    for code, hint in (("NoSuchBucket", "the bucket does not exist"),
+                       ("InvalidAccessKeyId", "wrong credentials: the access key is unknown"),
+                       ("SignatureDoesNotMatch", "wrong credentials: the secret key does not match"),
+                       ("AccessDenied", "access denied: the credentials may not write there"),
+                       ("Could not connect", "the endpoint is unreachable"),
+                       ("Connection refused", "the endpoint is unreachable"),
+                       ("curlCode: 7", "the endpoint is unreachable")):
+        if code in text:
+            return f"{hint} ({text[:200]})"
+    return text[:300]

@@ -21,7 +21,8 @@ import torch
 from trainables import data as datasets
 from trainables import indicators, traversal
 from trainables.config import TrialConfig
-from trainables.store import ResultStore, code_version
+from trainables.store import ResultStore, checkpoint_bytes, code_version
+from trainables.writer import Writer
 from trainables.vae import VAE, kl_to_prior
 
 Report = Callable[[dict], None]
@@ -156,9 +157,10 @@ def load_state(run: Run, state: dict) -> None:
     run.flushed = run.epoch
 
 
-def flush(run: Run, store: ResultStore, trial_id: str) -> None:
+def flush(run: Run, store: ResultStore, trial_id: str, writer: Writer) -> None:
+    """Hand the rows buffered since the last flush to the writer as one segment."""
     if any(run.rows.values()):
-        store.write_segment(trial_id, run.rows, run.flushed + 1, run.epoch)
+        writer.submit(store.write_segment, trial_id, run.rows, run.flushed + 1, run.epoch)
     run.rows = {"trials": [], "factors": [], "codes": []}
     run.flushed = run.epoch
 
@@ -178,22 +180,29 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
             report(final)
         return final
     run, train_x, test = _start(cfg, store, trial_id, node, done, log)
-    last: dict = {}
+    with Writer() as writer:                 # store writes run beside training
+        return _loop(run, store, writer, trial_id, train_x, test, report, log)
+
+
+def _loop(run, store, writer, trial_id, train_x, test, report, log) -> dict:
+    cfg, last = run.cfg, {}
     while run.epoch < cfg.train.epochs:
         loss = _timed_epoch(run, train_x)
         if not math.isfinite(loss) or not _finite_params(run):
-            return _diverged(run, store, trial_id, loss, last, log)
+            return _diverged(run, store, writer, trial_id, loss, last, log)
         evaluated = run.epoch % cfg.eval.every == 0 or run.epoch == cfg.train.epochs
         if evaluated:
             last = _evaluate_and_buffer(run, store.study, trial_id, loss, test)
         checkpoint = run.epoch % cfg.checkpoint.every == 0 or run.epoch == cfg.train.epochs
         if evaluated or checkpoint:          # rows reach storage before anyone sees them
-            flush(run, store, trial_id)
-        if checkpoint:
-            store.save_checkpoint(trial_id, run.epoch, state_dict(run), cfg.checkpoint.keep)
+            flush(run, store, trial_id, writer)
+        if checkpoint:                       # serialised here, uploaded by the writer
+            writer.submit(store.save_checkpoint, trial_id, run.epoch,
+                          checkpoint_bytes(state_dict(run)), cfg.checkpoint.keep)
         if evaluated and report and run.epoch < cfg.train.epochs:
+            writer.flush()                   # a scheduler may stop the trial at this report
             report(last)                    # the last epoch is reported once the trial is done
-    return _completed(run, store, trial_id, test, last, report)
+    return _completed(run, store, writer, trial_id, test, last, report)
 
 
 def _start(cfg, store, trial_id, node, done, log):
@@ -208,6 +217,8 @@ def _start(cfg, store, trial_id, node, done, log):
     splits = datasets.split(data, cfg.dataset.split, cfg.dataset.split_seed)
     run = build(cfg, tuple(data.x.shape[1:]), device)
     run.node = node
+    if done is None:                    # first start: no status file, so no rows or checkpoints
+        return run, splits.train.x.to(device), splits.test.to(device)
     state = store.load_checkpoint(trial_id)
     if state is not None:
         load_state(run, state)
@@ -227,19 +238,20 @@ def _timed_epoch(run: Run, train_x: torch.Tensor) -> float:
     return loss
 
 
-def _diverged(run, store, trial_id, loss, last, log) -> dict:
+def _diverged(run, store, writer, trial_id, loss, last, log) -> dict:
     """End the trial as diverged; its rows up to the last good evaluation stay."""
     log(f"[{trial_id}] diverged at epoch {run.epoch} (loss {loss}); keeping the last good "
         "evaluation")
     run.epoch -= 1
-    flush(run, store, trial_id)
+    flush(run, store, trial_id, writer)
+    writer.flush()
     last = last or last_metrics(store, trial_id)
     store.finish(trial_id, "diverged", error=f"non-finite loss at epoch {run.epoch + 1}",
                  final=last)
     return last
 
 
-def _completed(run, store, trial_id, test, last, report) -> dict:
+def _completed(run, store, writer, trial_id, test, last, report) -> dict:
     """Traversals, merged files, the completed state; then the final report."""
     cfg = run.cfg
     if cfg.eval.traversals:
@@ -247,7 +259,8 @@ def _completed(run, store, trial_id, test, last, report) -> dict:
             evaluate(run, test)["indicators"].factors["mi"]  # resumed at the end: recompute
         factors = traversal.pick_factors(mi, cfg.eval.used_threshold)
         png = traversal.montage(run.vae, test.x[:cfg.eval.traversal_images], factors)
-        store.write_bytes(store.path("traversals", f"{trial_id}.png"), png)
+        writer.submit(store.write_bytes, store.path("traversals", f"{trial_id}.png"), png)
+    writer.flush()                           # every row and checkpoint before the end state
     last = last or last_metrics(store, trial_id)
     store.finish(trial_id, "completed", final=last)
     if report and last:                     # after finish: a scheduler may stop us here
