@@ -50,7 +50,8 @@ def scan(root: str, study: str, table: str) -> pl.LazyFrame:
     st = store(root, study)
     if not has_files(st, table):
         return empty(table)
-    return pl.scan_parquet(st.glob(table), hive_partitioning=False, missing_columns="insert",
+    return pl.scan_parquet(st.glob(table), storage_options=st.storage_options,
+                           hive_partitioning=False, missing_columns="insert",
                            extra_columns="ignore")
 
 

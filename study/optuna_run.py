@@ -1,21 +1,22 @@
 """Running a study whose spec has `search:`: Optuna suggests, Tune runs, ASHA may stop."""
 from __future__ import annotations
 
+from study import optuna_storage
 from study.optuna_searcher import OptunaStudySearcher, finished, open_study
 from study.search import SearchConfig
+from study.tuner import fit, study_context
 from trainables.store import ResultStore
 
 
 def fit_search(spec, scfg: SearchConfig, store: ResultStore, log=print) -> tuple[list[str], dict]:
     """Run the remaining budget; returns (every trial id of the search, {trial id: error})."""
-    from study.runner import fit, study_context
-
-    study = open_study(scfg, scfg.storage_url(store), spec.name)
+    storage = optuna_storage.open_storage(scfg.storage, store)
+    study = open_study(scfg, storage, spec.name)
     remaining = scfg.num_samples - len(finished(study))
-    log(f"optuna study {spec.name!r} in {scfg.storage_url(store)}: "
+    log(f"optuna study {spec.name!r} in {storage.name}: "
         f"{len(finished(study))} of {scfg.num_samples} trials done")
     errors: dict[str, str] = {}
-    searcher = OptunaStudySearcher(scfg, study, store, study_context(spec, store))
+    searcher = OptunaStudySearcher(scfg, study, store, study_context(spec, store), storage.sync)
     if remaining > 0:
         errors = fit(spec, store, {}, search_alg=searcher, scheduler=_scheduler(scfg, spec),
                      num_samples=remaining)

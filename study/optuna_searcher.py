@@ -1,9 +1,12 @@
-"""A Ray Tune Searcher over an Optuna study in RDB storage, safe to resume.
+"""A Ray Tune Searcher over an Optuna study (study/optuna_storage.py), safe to resume.
 
 Tune calls `suggest` for each new trial and `on_trial_complete` when one ends.
 Optuna trials left RUNNING by a killed driver are suggested again first, with
 their own parameters and Optuna number, so they resume from their checkpoints
-instead of being abandoned or duplicated.
+instead of being abandoned or duplicated. After every write to the study (ask,
+tell) the storage's `sync` runs, which mirrors a local journal before the trial
+reaches Tune. For optuna-dashboard the study carries its objectives' names, and
+each trial its id, config, last epoch and used factors.
 """
 from __future__ import annotations
 
@@ -18,13 +21,19 @@ def trial_id_for(cfg: TrialConfig, number: int) -> str:
     return f"{cfg.trial_id()}-n{number:04d}"
 
 
-def open_study(scfg: SearchConfig, url: str, name: str):
+def open_study(scfg: SearchConfig, storage, name: str):
+    """The search's Optuna study (created on first use), its objectives named."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize" if d == "max" else "minimize" for _, d in scfg.objectives]
-    return optuna.create_study(storage=url, study_name=name, directions=directions,
-                               sampler=make_sampler(scfg), load_if_exists=True)
+    study = optuna.create_study(storage=storage.optuna, study_name=name, directions=directions,
+                                sampler=make_sampler(scfg), load_if_exists=True)
+    names = [m for m, _ in scfg.objectives]
+    if study.metric_names != names:
+        study.set_metric_names(names)
+    storage.sync()
+    return study
 
 
 def finished(study) -> list:
@@ -35,11 +44,13 @@ def finished(study) -> list:
 
 
 class OptunaStudySearcher(Searcher):
-    def __init__(self, scfg: SearchConfig, study, store: ResultStore, context: dict):
+    def __init__(self, scfg: SearchConfig, study, store: ResultStore, context: dict,
+                 sync=lambda: None):
         super().__init__(metric=None, mode=None)
         from optuna.trial import TrialState
 
         self.scfg, self.study, self.store, self.context = scfg, study, store, context
+        self.sync = sync
         self.pending = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
         self.live: dict[str, tuple[int, str, int]] = {}     # tune id -> (number, trial id, epochs)
         self.stopped: list[str] = []
@@ -56,6 +67,8 @@ class OptunaStudySearcher(Searcher):
             cfg = TrialConfig.from_dict({**self.scfg.fixed, **params})
             tid = trial_id_for(cfg, number)
             trial.set_user_attr("trial_id", tid)       # Optuna -> Parquet link
+            trial.set_user_attr("config", cfg.canonical())
+            self.sync()                                 # mirrored before Tune sees the trial
         self.live[tune_id] = (number, tid, cfg.train.epochs)
         return {"trial": {"id": tid, "config": cfg.to_dict(), "optuna_number": number},
                 "study": self.context}
@@ -74,6 +87,7 @@ class OptunaStudySearcher(Searcher):
         number, tid, epochs = self.live.pop(tune_id)
         status = (self.store.status(tid) or {}).get("state")
         values = objective_values(self.scfg, result) if result else None
+        self._attrs(number, result)
         if status == "completed" and values is not None:
             self.study.tell(number, values, state=TrialState.COMPLETE)
         elif not error and result and result.get("epoch", epochs) < epochs and status == "running":
@@ -81,3 +95,13 @@ class OptunaStudySearcher(Searcher):
             self.study.tell(number, state=TrialState.PRUNED)
         else:
             self.study.tell(number, state=TrialState.FAIL)
+        self.sync()
+
+    def _attrs(self, number: int, result: dict | None) -> None:
+        """The last epoch and used factors, shown by optuna-dashboard beside the trial id."""
+        if not result:
+            return
+        trial = self.study.get_trials(deepcopy=False)[number]
+        for key in ("epoch", "n_used_factors"):
+            if result.get(key) is not None:
+                self.study._storage.set_trial_user_attr(trial._trial_id, key, result[key])

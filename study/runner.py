@@ -16,14 +16,13 @@ import socket
 import time
 from dataclasses import dataclass
 
+from study import tuner
 from study.inputs import UsageError
+from study.tuner import start_ray  # noqa: F401  (tests and benches call runner.start_ray)
 from study.spec import StudySpec, _is_grid, trial_configs
 from study.status import count_states
 from trainables.config import ConfigError, TrialConfig
 from trainables.store import FORMAT_VERSION, ResultStore, StoreError, code_version, recorded_trials
-
-
-LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"   # "0": a node's address stays 127.0.0.1
 
 
 @dataclass
@@ -65,7 +64,9 @@ def prepare(spec: StudySpec, root: str, resume: bool = False):
     elif resume:
         raise UsageError(f"{store.uri()}: no study.json; nothing to resume")
     if scfg is not None:
-        scfg.storage_url(store)                      # refuses SQLite on remote storage
+        from study import optuna_storage
+
+        optuna_storage.check(scfg.storage)           # its driver installed, its server up
         return store, [], scfg
     return store, (recorded(old, configs) if old else [(c.trial_id(), c) for c in configs]), scfg
 
@@ -124,39 +125,6 @@ def write_meta(store: ResultStore, spec: StudySpec, trials: list[dict] | None, *
     store.write_json(path, meta)
 
 
-def start_ray(address: str | None, log=print) -> None:
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        return
-    if address:
-        log(f"joining the Ray cluster at {address}")
-        if _is_loopback(address):
-            # A cluster whose nodes run on loopback (tests, one-machine clusters): stay there,
-            # instead of Ray's swap of 127.0.0.1 for the machine's outward address.
-            from ray._private import services
-            services.resolve_ip_for_localhost = lambda host: host
-            ray.init(address=address, log_to_driver=False, _node_ip_address="127.0.0.1")
-        else:
-            ray.init(address=address, log_to_driver=False)
-    else:
-        # A private single-node Ray: its node address is loopback (Ray otherwise swaps
-        # 127.0.0.1 for the machine's outward address), and there is no dashboard.
-        os.environ[LOOPBACK_ONLY] = "0"                  # for the processes Ray starts
-        from ray._private import ray_constants           # and for this one, imported already
-        ray_constants.ENABLE_RAY_CLUSTER = False
-        # address="local": always a new private instance, never a `ray start` cluster (or a
-        # dead one's leftover address file) that ray.init() would otherwise look for.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="warning")
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.split("://")[-1].rsplit(":", 1)[0]
-    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
-
-
 def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = False,
         log=print) -> Outcome:
     store, trials, scfg = prepare(spec, root, resume)
@@ -165,11 +133,11 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
     t0 = time.time()
     ids = [tid for tid, _ in trials]
     with driver_lock(store):
-        write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
+        _write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
                    driver_host=socket.gethostname())
-        start_ray(address, log)
+        tuner.start_ray(address, log)
         if scfg is None:
-            errors = fit(spec, store, _grid_space(trials))
+            errors = tuner.fit(spec, store, _grid_space(trials))
         else:
             from study import optuna_run
 
@@ -181,6 +149,15 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
     write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],
                finished=time.time())
     return Outcome(store, count_states(store, ids), time.time() - t0)
+
+
+def _write_meta(store: ResultStore, *args, **kw) -> None:
+    """The first write of a run: storage that lists but refuses writes stops here, in one line."""
+    try:
+        write_meta(store, *args, **kw)
+    except OSError as e:
+        from trainables.store import _why
+        raise UsageError(f"storage: cannot write to {store.uri()}: {_why(e)}") from None
 
 
 @contextmanager
@@ -213,61 +190,3 @@ def _grid_space(trials: list[tuple[str, TrialConfig]]) -> dict:
     from ray import tune
 
     return {"trial": tune.grid_search([{"id": tid, "config": c.to_dict()} for tid, c in trials])}
-
-
-def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, scheduler=None,
-        num_samples: int = 1) -> dict[str, str]:
-    """Run trials through Tune; returns {trial_id: error} of trials that failed for good."""
-    import ray
-    from ray import tune
-
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # the concise table, not per-result boxes
-    gpu = spec.gpu
-    if gpu is None:                               # share a card between small models
-        gpu = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": gpu})
-    if search_alg is None:                        # a searcher puts the context in its configs
-        space = {**space, "study": study_context(spec, store)}
-    tuner = tune.Tuner(
-        trainable, param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
-                                    search_alg=search_alg, scheduler=scheduler,
-                                    num_samples=num_samples,
-                                    trial_name_creator=lambda t: t.config["trial"]["id"],
-                                    trial_dirname_creator=lambda t: t.config["trial"]["id"]),
-        run_config=tune.RunConfig(
-            name="_tune", storage_path=store.uri(), verbose=1,
-            progress_reporter=reporter(spec),
-            failure_config=tune.FailureConfig(max_failures=spec.max_retries)))
-    grid = tuner.fit()
-    errors = {}
-    for r in grid:
-        if r.error is not None and r.config and "trial" in r.config:
-            errors[r.config["trial"]["id"]] = f"{type(r.error).__name__}: {r.error}"[-2000:]
-    return errors
-
-
-def study_context(spec: StudySpec, store: ResultStore) -> dict:
-    """What a trial needs to find its store and data: an absolute root, and the driver's
-    folder for relative data paths, since Ray runs trials in working directories of its own."""
-    root = store.root if "://" in store.root else os.path.abspath(os.path.expanduser(store.root))
-    return {"root": root, "name": store.study, "cpu": spec.cpu, "cwd": os.getcwd()}
-
-
-def reporter(spec: StudySpec):
-    """Tune's trial table with the study's grid axes and a few indicators, every 30 s."""
-    from ray.tune import CLIReporter
-
-    keys = spec.axes() if spec.search is None else [
-        k for k, v in spec.trial.items() if isinstance(v, dict) or _is_grid(k, v)] + ["train.seed"]
-    params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1] for k in keys}
-    return CLIReporter(
-        parameter_columns=params, max_report_frequency=30, max_progress_rows=40,
-        metric_columns={"epoch": "epoch", "evlb": "evlb", "recon_mse": "mse", "mi_xz": "mi_xz",
-                        "kl_qz_pz": "kl_qz_pz", "n_used_factors": "used"},
-        sort_by_metric=False)
-
-
-def _trainable():
-    from study.trainable import trainable
-    return trainable

@@ -6,12 +6,13 @@
         seed: 0
         objectives: [evlb, kl_qz_pz]   # or {recon_mse: min, kl_qz_pz: min}
         used_target: 4            # optional third objective: |n_used_factors - 4|
-        storage: sqlite           # default: DIR/STUDY/optuna.db; or a postgresql:// URL
+        storage: local            # default: no server (study/optuna_storage.py); or postgresql://
       asha: {metric: evlb, grace_period: 2, reduction_factor: 2}   # optional early stopping
     num_samples: 16
     noise: {kind: {choice: [specified, learned]}, sigma2: {loguniform: [0.001, 0.1]}}
 
-The Optuna study lives in RDB storage and is driven by `OptunaStudySearcher`
+The Optuna study (study/optuna_storage.py: SQLite in the study folder, a journal
+mirrored to object storage, or PostgreSQL) is driven by `OptunaStudySearcher`
 (ask/tell). A trial's id is its config hash plus its Optuna number, so a
 search killed mid-run and resumed re-suggests the Optuna trials that were
 still running with their own parameters: they continue from their
@@ -41,19 +42,11 @@ class SearchConfig:
     seed: int
     objectives: tuple[tuple[str, str], ...]      # (metric, "max" | "min")
     used_target: int | None
-    storage: str                                 # "sqlite" or an RDB URL
+    storage: str                                 # "local" or an RDB URL
     num_samples: int
     asha: dict[str, Any] | None
     space: dict[str, Any]                        # dotted key -> optuna distribution
     fixed: dict[str, Any]                        # dotted key -> value
-
-    def storage_url(self, store) -> str:
-        if self.storage != "sqlite":
-            return self.storage
-        if not store.local:
-            raise UsageError("search.optuna.storage: the default SQLite file needs a local "
-                             "results root; give a postgresql:// URL for remote storage")
-        return f"sqlite:///{store.path('optuna.db')}"
 
 
 def parse_search(spec) -> SearchConfig:
@@ -78,10 +71,12 @@ def parse_search(spec) -> SearchConfig:
     if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 0):
         raise UsageError(f"search.optuna.used_target: got {target!r}; allowed: an integer >= 0")
     objectives = _objectives(opt.get("objectives", ["evlb", "kl_qz_pz"]), target)
-    storage = opt.get("storage", "sqlite")
-    if not isinstance(storage, str) or not (storage == "sqlite" or "://" in storage):
-        raise UsageError(f"search.optuna.storage: got {storage!r}; allowed: sqlite (a file in the "
-                         "study folder) or an RDB URL such as postgresql://user@host/db")
+    storage = opt.get("storage", "local")
+    if not isinstance(storage, str) or not (storage in ("local", "sqlite") or "://" in storage):
+        raise UsageError(f"search.optuna.storage: got {storage!r}; allowed: local (no server: "
+                         "the study folder or the driver's disk) or an RDB URL such as "
+                         "postgresql://user@host/db")
+    storage = "local" if storage == "sqlite" else storage
     n = spec.num_samples
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"num_samples: got {n!r}; allowed: an integer >= 1 (the search's budget)")

@@ -1,19 +1,18 @@
 """`vaestudy status`: trial counts by state, failures with their reason, best trials."""
 from __future__ import annotations
 
-import polars as pl
-
-from analysis import load
-from trainables.store import ResultStore, recorded_trials
+from trainables.store import ResultStore, recorded_trials, split_query
 
 
 def split_study_path(path: str) -> tuple[str, str]:
-    """'results/quickstart' or 's3://b/p/quickstart' -> (root, study name)."""
+    """'results/quickstart' or 's3://b/p/quickstart?endpoint_override=h:9000' -> (root with
+    the query, study name)."""
+    path, query = split_query(path)
     path = path.rstrip("/")
     if "/" not in path.split("://")[-1]:
         return ".", path
     root, name = path.rsplit("/", 1)
-    return root, name
+    return root + query, name
 
 
 def count_states(store: ResultStore, ids: list[str]) -> dict[str, int]:
@@ -27,6 +26,10 @@ def count_states(store: ResultStore, ids: list[str]) -> dict[str, int]:
 
 
 def status_text(store: ResultStore, top: int = 5) -> str:
+    import polars as pl                   # the analysis stays off the driver's import path
+
+    from analysis import load
+
     meta = store.read_meta() or {}
     states = {s["trial_id"]: s for s in store.all_status()}
     ids = [t["id"] for t in recorded_trials(meta)] or sorted(states)

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 NOISE_KINDS = ("specified", "learned", "mog")
 DATASETS = ("mnist", "intrinsic", "npz", "image_folder")
@@ -250,26 +250,26 @@ def _build(section: str, cls: type, values: dict[str, Any]):
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    text = str(hint)
-    optional = "None" in text
+    """`value` as the field's declared type (`int | None`, `tuple[float, ...]`, ...)."""
+    kind, optional = _kind(hint)
     if value is None:
         if optional:
             return None
-        raise ConfigError(key, f"got null; allowed: {_describe(text)}")
-    if "tuple" in text:
+        raise ConfigError(key, f"got null; allowed: {DESCRIBE[kind]}")
+    if kind is tuple:
         if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
             raise ConfigError(key, f"got {value!r}; allowed: a list of numbers")
         return tuple(float(v) for v in value)
-    if "bool" in text:
+    if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(key, f"got {value!r}; allowed: true or false")
         return value
-    if "int" in text:
+    if kind is int:
         if isinstance(value, bool) or not (isinstance(value, int) or
                                            (isinstance(value, float) and value.is_integer())):
             raise ConfigError(key, f"got {value!r}; allowed: an integer")
         return int(value)
-    if "float" in text:
+    if kind is float:
         if not _is_number(value):
             raise ConfigError(key, f"got {value!r}; allowed: a number")
         return float(value)
@@ -278,12 +278,20 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def _describe(text: str) -> str:
-    for word in ("tuple", "bool", "int", "float", "str"):
-        if word in text:
-            return {"tuple": "a list of numbers", "bool": "true or false", "int": "an integer",
-                    "float": "a number", "str": "a string"}[word]
-    return text
+DESCRIBE = {tuple: "a list of numbers", bool: "true or false", int: "an integer",
+            float: "a number", str: "a string"}
+
+
+def _kind(hint: Any) -> tuple[type, bool]:
+    """(the field's base type, whether it may be None): `int | None` -> (int, True)."""
+    args = get_args(hint)
+    optional = type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    kind = get_origin(hint) or hint
+    if kind not in DESCRIBE:
+        raise TypeError(f"config field of unsupported type {hint!r}")
+    return kind, optional
 
 
 def _is_number(v: Any) -> bool:

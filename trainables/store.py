@@ -178,7 +178,8 @@ def _s3(root: str) -> tuple[pafs.FileSystem, str]:
     q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     fs = pafs.S3FileSystem(endpoint_override=q.get("endpoint_override"),
                            scheme=q.get("scheme", "https"), region=q.get("region"),
-                           connect_timeout=5, request_timeout=30,
+                           connect_timeout=5, request_timeout=30, allow_delayed_open=True,
+                           check_directory_existence_before_creation=True,
                            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
     return fs, f"{parts.netloc}{parts.path}"
 
@@ -288,7 +289,15 @@ class ResultStore:
         return meta
 
     def check_writable(self) -> None:
-        """Fail before any trial starts when the storage cannot take a file."""
+        """Fail before any trial starts when the storage cannot take a file. An object store
+        gets one LIST instead (a missing bucket, wrong credentials or an unreachable endpoint
+        fail it), since a deleted probe would leave a directory marker behind."""
+        if not self.local:
+            try:
+                self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
+            except OSError as e:
+                raise StoreError(f"storage: cannot use {self.uri()}: {_why(e)}") from None
+            return
         probe = self.path(".write-probe-" + uuid.uuid4().hex[:8])
         try:
             self.write_bytes(probe, b"x" * 4096)
@@ -467,13 +476,12 @@ def _stamp(t: pa.Table, state: str) -> pa.Table:
 def _why(e: OSError) -> str:
     """An S3 error as one line a user can act on."""
     text = " ".join(str(e).split())
-    for code, hint in (("NoSuchBucket", "the bucket does not exist"),
-                       ("InvalidAccessKeyId", "wrong credentials: the access key is unknown"),
-                       ("SignatureDoesNotMatch", "wrong credentials: the secret key does not match"),
-                       ("AccessDenied", "access denied: the credentials may not write there"),
-                       ("Could not connect", "the endpoint is unreachable"),
-                       ("Connection refused", "the endpoint is unreachable"),
-                       ("curlCode: 7", "the endpoint is unreachable")):
+    for code, hint in (("NO_SUCH_BUCKET", "the bucket does not exist"),
+                       ("INVALID_ACCESS_KEY_ID", "wrong credentials: the access key is unknown"),
+                       ("SIGNATURE_DOES_NOT_MATCH", "wrong credentials: the secret key does not "
+                                                    "match"),
+                       ("ACCESS_DENIED", "access denied: these credentials may not use it"),
+                       ("NETWORK_CONNECTION", "the endpoint is unreachable")):
         if code in text:
             return f"{hint} ({text[:200]})"
     return text[:300]

@@ -6,10 +6,11 @@ Ray's own CLI with that replacement turned off.
 """
 import sys
 
-from ray._private import services
 from ray.scripts.scripts import main
 
-services.resolve_ip_for_localhost = lambda host: host
+from study import raypatch
+
+raypatch.keep_loopback_address()
 
 if __name__ == "__main__":
     sys.exit(main())

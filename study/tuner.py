@@ -1,0 +1,107 @@
+"""Ray and Tune for a study: start or join Ray, run trials through a Tuner.
+
+Tune's own experiment folder lives on the driver's local disk (`driver_dir`),
+with its CSV/JSON/TensorBoard loggers off: the study storage holds only what
+vaestudy writes and reads, and a study resumes from those records, never from
+Tune's. Trials get the study's root as a string that carries the server's
+endpoint and region but never credentials (each node takes those from its own
+environment or AWS profile), so nothing secret is pickled into Tune's state.
+"""
+from __future__ import annotations
+
+import os
+
+from study import raypatch
+from study.spec import StudySpec, _is_grid
+from trainables.store import ResultStore
+
+
+def start_ray(address: str | None, log=print) -> None:
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address:
+        log(f"joining the Ray cluster at {address}")
+        if _is_loopback(address):
+            # A cluster whose nodes run on loopback (tests, one-machine clusters): stay there,
+            # instead of Ray's swap of 127.0.0.1 for the machine's outward address.
+            raypatch.keep_loopback_address()
+            ray.init(address=address, log_to_driver=False, _node_ip_address="127.0.0.1")
+        else:
+            ray.init(address=address, log_to_driver=False)
+    else:
+        # A private single-node Ray: its node address is loopback (Ray otherwise swaps
+        # 127.0.0.1 for the machine's outward address), and there is no dashboard.
+        raypatch.private_single_node()
+        # address="local": always a new private instance, never a `ray start` cluster (or a
+        # dead one's leftover address file) that ray.init() would otherwise look for.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="warning")
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
+
+
+def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, scheduler=None,
+        num_samples: int = 1) -> dict[str, str]:
+    """Run trials through Tune; returns {trial_id: error} of trials that failed for good."""
+    import ray
+    from ray import tune
+
+    from study.optuna_storage import driver_dir
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # the concise table, not per-result boxes
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"   # no CSV/JSON/TensorBoard copies
+    gpu = spec.gpu
+    if gpu is None:                               # share a card between small models
+        gpu = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": gpu})
+    if search_alg is None:                        # a searcher puts the context in its configs
+        space = {**space, "study": study_context(spec, store)}
+    tuner = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+                                    search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=num_samples,
+                                    trial_name_creator=lambda t: t.config["trial"]["id"],
+                                    trial_dirname_creator=lambda t: t.config["trial"]["id"]),
+        run_config=tune.RunConfig(
+            name=store.study, storage_path=str(driver_dir(store)), verbose=1,
+            progress_reporter=reporter(spec),
+            failure_config=tune.FailureConfig(max_failures=spec.max_retries)))
+    grid = tuner.fit()
+    errors = {}
+    for r in grid:
+        if r.error is not None and r.config and "trial" in r.config:
+            errors[r.config["trial"]["id"]] = f"{type(r.error).__name__}: {r.error}"[-2000:]
+    return errors
+
+
+def study_context(spec: StudySpec, store: ResultStore) -> dict:
+    """What a trial needs to find its store and data: an absolute root, and the driver's
+    folder for relative data paths, since Ray runs trials in working directories of its own."""
+    root = store.root if "://" in store.root else os.path.abspath(os.path.expanduser(store.root))
+    return {"root": root, "name": store.study, "cpu": spec.cpu, "cwd": os.getcwd()}
+
+
+def reporter(spec: StudySpec):
+    """Tune's trial table with the study's grid axes and a few indicators, every 30 s."""
+    from ray.tune import CLIReporter
+
+    keys = spec.axes() if spec.search is None else [
+        k for k, v in spec.trial.items() if isinstance(v, dict) or _is_grid(k, v)] + ["train.seed"]
+    params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1] for k in keys}
+    return CLIReporter(
+        parameter_columns=params, max_report_frequency=30, max_progress_rows=40,
+        metric_columns={"epoch": "epoch", "evlb": "evlb", "recon_mse": "mse", "mi_xz": "mi_xz",
+                        "kl_qz_pz": "kl_qz_pz", "n_used_factors": "used"},
+        sort_by_metric=False)
+
+
+def _trainable():
+    from study.trainable import trainable
+    return trainable
