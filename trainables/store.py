@@ -295,8 +295,12 @@ class ResultStore:
         if not self.local:
             try:
                 self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
+                bucket = self.fs.get_file_info(self.base.split("/", 1)[0])
             except OSError as e:
                 raise StoreError(f"storage: cannot use {self.uri()}: {_why(e)}") from None
+            if bucket.type == pafs.FileType.NotFound:
+                raise StoreError(f"storage: cannot use {self.uri()}: the bucket "
+                                 f"{bucket.path!r} does not exist")
             return
         probe = self.path(".write-probe-" + uuid.uuid4().hex[:8])
         try:

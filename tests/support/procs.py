@@ -28,7 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PG_BIN = Path(os.environ.get("VAESTUDY_PG_BIN", "/usr/lib/postgresql/15/bin"))
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "vaestudy-test-secret-7f3a",
           "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
@@ -120,9 +120,13 @@ class S3:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.procs = procs
-        self.proc = procs.start([str(Path(sys.executable).parent / "moto_server"),
-                                 "-H", "127.0.0.1", "-p", str(self.port)], "moto", env=S3_ENV)
+        self.proc = procs.start([str(self.moto_server()), "-H", "127.0.0.1", "-p",
+                                 str(self.port)], "moto", env=S3_ENV)
         wait_port(self.port)
+
+    @staticmethod
+    def moto_server() -> Path:
+        return Path(sys.executable).parent / "moto_server"
 
     def client(self, **over):
         import boto3
