@@ -268,10 +268,28 @@ class ResultStore:
         return sorted(i.path.rsplit("/", 1)[-1] for i in info)
 
     def delete(self, path: str) -> None:
+        """Remove a file; a missing one is fine. On S3 one DeleteObject request: pyarrow's
+        delete_file adds a HEAD and then a directory-marker PUT for the parent."""
+        if self.root.startswith("s3://"):
+            bucket, key = path.split("/", 1)
+            self._s3_client().delete_object(Bucket=bucket, Key=key)
+            return
         try:
             self.fs.delete_file(path)
         except FileNotFoundError:
             pass
+
+    def _s3_client(self):
+        """boto3 for deletes, on the same server; credentials from the same default chain."""
+        if getattr(self, "_boto", None) is None:
+            import boto3
+
+            q = {k: v[-1] for k, v in parse_qs(urlsplit(self.root).query).items()}
+            endpoint = q.get("endpoint_override")
+            self._boto = boto3.client(
+                "s3", region_name=q.get("region"),
+                endpoint_url=f"{q.get('scheme', 'https')}://{endpoint}" if endpoint else None)
+        return self._boto
 
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())

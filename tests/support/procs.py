@@ -27,7 +27,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-PG_BIN = Path(os.environ.get("VAESTUDY_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = Path(os.environ.get("VAESTUDY_PG_BIN") or next(
+    iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)),
+    Path("/usr/lib/postgresql/15/bin/initdb")).parent)
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "vaestudy-test-secret-7f3a",
           "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
