@@ -47,6 +47,10 @@ def prepare(spec: StudySpec, root: str, resume: bool = False):
     else:
         configs = trial_configs(spec)
     check_data(configs)
+    if scfg is not None:
+        from study import optuna_storage
+
+        optuna_storage.check(scfg.storage)           # its driver installed, its server up
     try:
         store = ResultStore(root, spec.name)
         store.check_writable()
@@ -64,9 +68,6 @@ def prepare(spec: StudySpec, root: str, resume: bool = False):
     elif resume:
         raise UsageError(f"{store.uri()}: no study.json; nothing to resume")
     if scfg is not None:
-        from study import optuna_storage
-
-        optuna_storage.check(scfg.storage)           # its driver installed, its server up
         return store, [], scfg
     return store, (recorded(old, configs) if old else [(c.trial_id(), c) for c in configs]), scfg
 
