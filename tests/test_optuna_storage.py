@@ -62,7 +62,7 @@ def test_search_in_postgres_killed_resumed_and_read_by_optuna_dashboard(postgres
                  "--host", "127.0.0.1", "--port", str(port)], "dashboard")
     wait_port(port)
     base = f"http://127.0.0.1:{port}/api/studies"
-    sid = next(s["study_id"] for s in _get(base)["studies"] if s["study_name"] == "pg")
+    sid = next(s["study_id"] for s in _get(base)["study_summaries"] if s["study_name"] == "pg")
     detail = _get(f"{base}/{sid}")
     assert detail["objective_names"] == ["evlb", "kl_qz_pz"]
     for t in detail["trials"]:
