@@ -45,7 +45,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     state = store.status(trial_id)["state"]
     print(f"trial {trial_id} {state}; results in {store.uri()}")
-    print(f"  polars.scan_parquet('{store.glob('trials')}')")
+    opts = f", storage_options={store.storage_options}" if store.storage_options else ""
+    print(f"  polars.scan_parquet('{store.glob('trials')}'{opts})")
     return 0
 
 

@@ -8,6 +8,12 @@ SHARED = ROOT.parent / "shared"
 MNIST = Path(os.environ.get("VAESTUDY_MNIST", SHARED / "data" / "mnist"))
 
 
+@pytest.fixture(autouse=True)
+def _tune_dir(tmp_path, monkeypatch):
+    """Tune's folder under the test's tmp path, not the user's ~/ray_results."""
+    monkeypatch.setenv("VAESTUDY_TUNE_DIR", str(tmp_path / "tune"))
+
+
 @pytest.fixture
 def mnist_dir():
     if not (MNIST / "t10k-images-idx3-ubyte.gz").exists():

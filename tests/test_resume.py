@@ -1,15 +1,13 @@
 """A study whose driver is SIGKILLed mid-run, then `vaestudy resume`d: every trial
 completes and every (trial_id, epoch) is stored exactly once."""
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from support.procs import cli, procs  # noqa: F401
 from trainables.store import ResultStore
 
 pytestmark = pytest.mark.slow
@@ -26,46 +24,29 @@ max_concurrent: 2
 """
 
 
-def _cli(*args):
-    return [sys.executable, "-m", "study.cli", *args]
-
-
-def _kill_group(pid):
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def test_sigkilled_driver_then_resume_gives_each_epoch_once(tmp_path):
-    spec = tmp_path / "spec.yaml"
+def test_sigkilled_driver_then_resume_gives_each_epoch_once(procs):
+    spec = procs.tmp / "spec.yaml"
     spec.write_text(SPEC)
-    root = tmp_path / "res"
+    root = procs.tmp / "res"
     store = ResultStore(str(root), "killed")
-    driver = subprocess.Popen(_cli("run", str(spec), "--out", str(root), "--no-report"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:             # kill once some trial passed a checkpoint
-            ckpts = list(Path(store.path("checkpoints")).glob("*/epoch-000004.pt"))
-            if ckpts:
-                break
-            assert driver.poll() is None, "the study ended before it could be killed"
-            time.sleep(0.2)
-        assert ckpts, "no checkpoint within 240 s"
-        driver.send_signal(signal.SIGKILL)         # the driver alone, as a crash would
-        driver.wait()
-        time.sleep(2)
-        states = {s["state"] for s in store.all_status()}
-        assert "completed" not in states or len(store.all_status()) < 4
-        resumed = subprocess.run(_cli("resume", str(root / "killed"), "--no-report"),
-                                 capture_output=True, text=True, timeout=600)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-    finally:
-        _kill_group(driver.pid)                    # what Ray left of the killed driver's session
+    driver = procs.start(cli("run", str(spec), "--out", str(root), "--no-report"), "run")
+    deadline = time.time() + 240
+    while time.time() < deadline:                 # kill once some trial passed a checkpoint
+        ckpts = list(Path(store.path("checkpoints")).glob("*/epoch-000004.pt"))
+        if ckpts:
+            break
+        assert driver.poll() is None, "the study ended before it could be killed"
+        time.sleep(0.2)
+    assert ckpts, "no checkpoint within 240 s"
+    driver.send_signal(signal.SIGKILL)             # the driver alone, as a crash would
+    driver.wait()
+    procs.kill(driver)                             # what Ray left of the killed driver's session
+    states = {s["state"] for s in store.all_status()}
+    assert "completed" not in states or len(store.all_status()) < 4
+    rc, out = procs.run(cli("resume", str(root / "killed"), "--no-report"), "resume")
+    assert rc == 0, out[-3000:]
 
-    assert "4 completed" in resumed.stdout
+    assert "4 completed" in out
     trials = pl.scan_parquet(store.glob("trials")).collect()
     assert trials.height == 4 * 8
     assert trials.n_unique(["trial_id", "epoch"]) == trials.height
@@ -77,29 +58,24 @@ def test_sigkilled_driver_then_resume_gives_each_epoch_once(tmp_path):
     assert all(s["state"] == "completed" for s in store.all_status())
 
 
-def test_ctrl_c_stops_the_study_and_says_how_to_resume(tmp_path):
-    spec = tmp_path / "spec.yaml"
+def test_ctrl_c_stops_the_study_and_says_how_to_resume(procs):
+    spec = procs.tmp / "spec.yaml"
     spec.write_text(SPEC.replace("name: killed", "name: interrupted"))
-    root = tmp_path / "res"
+    root = procs.tmp / "res"
     store = ResultStore(str(root), "interrupted")
-    driver = subprocess.Popen(_cli("run", str(spec), "--out", str(root), "--no-report"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and driver.poll() is None:
-            if list(Path(store.path("checkpoints")).glob("*/epoch-000002.pt")):
-                break
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGINT)
-        out, _ = driver.communicate(timeout=180)
-    finally:
-        _kill_group(driver.pid)
+    driver = procs.start(cli("run", str(spec), "--out", str(root), "--no-report"), "run")
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        if list(Path(store.path("checkpoints")).glob("*/epoch-000002.pt")):
+            break
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    driver.wait(timeout=180)
+    out = procs.log("run")
     assert driver.returncode == 130, out[-2000:]
     assert "vaestudy resume" in out
     assert not (root / "interrupted" / "driver.lock").exists()
-    resumed = subprocess.run(_cli("resume", str(root / "interrupted"), "--no-report"),
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rc, resumed = procs.run(cli("resume", str(root / "interrupted"), "--no-report"), "resume")
+    assert rc == 0, resumed[-3000:]
     trials = pl.scan_parquet(store.glob("trials")).collect()
     assert trials.height == 4 * 8 and trials.n_unique(["trial_id", "epoch"]) == trials.height

@@ -1,8 +1,5 @@
 """Optuna-guided search: RDB storage matching Parquet, Pareto front, kill and resume."""
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import pytest
 from study import runner
 from study.cli import main
 from study.spec import parse
+from support.procs import cli, procs  # noqa: F401
 from trainables.store import ResultStore
 
 pytestmark = pytest.mark.slow
@@ -70,33 +68,24 @@ def test_six_trial_search_fills_sqlite_parquet_and_the_pareto_front(tmp_path):
     assert {t.user_attrs["trial_id"] for t in study.best_trials} == expected
 
 
-def test_killed_and_resumed_search_ends_with_the_budget_and_no_duplicates(tmp_path):
+def test_killed_and_resumed_search_ends_with_the_budget_and_no_duplicates(procs):
     import yaml
-    spec = tmp_path / "search.yaml"
+    spec = procs.tmp / "search.yaml"
     raw = {**BASE, "name": "sk", "train": {"epochs": 6}, "checkpoint": {"every": 2}}
     spec.write_text(yaml.safe_dump(raw))
-    root = tmp_path / "res"
-    driver = subprocess.Popen([sys.executable, "-m", "study.cli", "run", str(spec), "--out",
-                               str(root), "--no-report"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if list((root / "sk" / "checkpoints").glob("*/epoch-000004.pt")):
-                break
-            assert driver.poll() is None, "the search ended before it could be killed"
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-        time.sleep(2)
-        r = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(root / "sk"),
-                            "--no-report"], capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-    finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    root = procs.tmp / "res"
+    driver = procs.start(cli("run", str(spec), "--out", str(root), "--no-report"), "run")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if list((root / "sk" / "checkpoints").glob("*/epoch-000004.pt")):
+            break
+        assert driver.poll() is None, "the search ended before it could be killed"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    procs.kill(driver)
+    rc, out = procs.run(cli("resume", str(root / "sk"), "--no-report"), "resume")
+    assert rc == 0, out[-3000:]
     _check_consistent(root, "sk", 6)
     rows = pl.read_parquet(str(root / "sk" / "trials" / "**" / "*.parquet"))
     assert rows.group_by("trial_id").agg(pl.col("epoch").max())["epoch"].to_list() == [6] * 6
