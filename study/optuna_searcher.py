@@ -31,7 +31,11 @@ def open_study(scfg: SearchConfig, storage, name: str):
                                 sampler=make_sampler(scfg), load_if_exists=True)
     names = [m for m, _ in scfg.objectives]
     if study.metric_names != names:
-        study.set_metric_names(names)
+        import warnings
+
+        with warnings.catch_warnings():          # experimental since Optuna 3.2, still so
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
     storage.sync()
     return study
 
