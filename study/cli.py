@@ -19,7 +19,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainables.config import ConfigError, TrialConfig
     from trainables.data import DataError
     from trainables.store import ResultStore, StoreError
-    from trainables.train import run_trial
+    from trainables.train import FatalTrialError, run_trial
 
     study = check_name(args.study, "--study")
     raw = merge(load_yaml(args.config) if args.config else {}, parse_sets(args.set))
@@ -43,6 +43,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_trial(cfg, store, report=report)
     except DataError as e:
         raise UsageError(str(e)) from None
+    except FatalTrialError as e:
+        print(f"vaestudy: trial {trial_id} failed: {e}", file=sys.stderr)
+        return 1
     state = store.status(trial_id)["state"]
     print(f"trial {trial_id} {state}; results in {store.uri()}")
     print(f"  polars.scan_parquet('{store.glob('trials')}')")

@@ -224,9 +224,17 @@ def objective_values(cfg: SearchConfig, result: dict) -> list[float] | None:
     return out
 
 
-def make_sampler(cfg: SearchConfig):
+def make_sampler(cfg: SearchConfig, n_trials: int = 0):
+    """The sampler of a search that already holds `n_trials` trials.
+
+    Its seed comes from the search's seed and that count, so a resumed search never replays
+    the stream it drew from before (the random sampler's draws, TPE's startup trials,
+    NSGA-II's first generation); a fresh search is seeded with `seed` itself."""
+    import numpy as np
     import optuna
 
-    return {"tpe": lambda: optuna.samplers.TPESampler(seed=cfg.seed),
-            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=cfg.seed),
-            "random": lambda: optuna.samplers.RandomSampler(seed=cfg.seed)}[cfg.sampler]()
+    seed = cfg.seed if n_trials == 0 else \
+        int(np.random.SeedSequence([cfg.seed, n_trials]).generate_state(1)[0])
+    return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[cfg.sampler]()

@@ -100,6 +100,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None        # torch threads; a Ray trial sets its CPU share
     fault_nan_epoch: int | None = None  # fault injection: poison a weight with NaN in this epoch
+    fault_oom_epoch: int | None = None  # fault injection: CUDA out of memory in this epoch
 
     def check(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -109,6 +110,7 @@ class TrainConfig:
         _one_of("train.device", self.device, DEVICES)
         _positive("train.threads", self.threads, allow_none=True)
         _positive("train.fault_nan_epoch", self.fault_nan_epoch, allow_none=True)
+        _positive("train.fault_oom_epoch", self.fault_oom_epoch, allow_none=True)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,11 @@ class Run:
     last_mi: torch.Tensor | None = None    # per-factor MI of the last evaluation
 
 
+class FatalTrialError(RuntimeError):
+    """A failure no retry can fix (CUDA out of memory, storage the node cannot see): the
+    trial fails at once and is not retried."""
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -177,8 +182,16 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
         if report and final:                # a rerun still shows it in the progress table
             report(final)
         return final
-    run, train_x, test = _start(cfg, store, trial_id, node, done, log)
-    last: dict = {}
+    try:
+        run, train_x, test = _start(cfg, store, trial_id, node, done, log)
+        return _train(run, store, trial_id, train_x, test, report, log)
+    except torch.OutOfMemoryError as e:
+        raise _out_of_memory(store, trial_id, node or socket.gethostname(), e) from None
+
+
+def _train(run, store, trial_id, train_x, test, report, log) -> dict:
+    """Epochs from the run's epoch to the end: evaluate, flush, checkpoint, report."""
+    cfg, last = run.cfg, {}
     while run.epoch < cfg.train.epochs:
         loss = _timed_epoch(run, train_x)
         if not math.isfinite(loss) or not _finite_params(run):
@@ -194,6 +207,17 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
         if evaluated and report and run.epoch < cfg.train.epochs:
             report(last)                    # the last epoch is reported once the trial is done
     return _completed(run, store, trial_id, test, last, report)
+
+
+def _out_of_memory(store, trial_id, node, err) -> FatalTrialError:
+    """A retry on the same share of the same GPU runs out of memory again: fail now."""
+    msg = (f"CUDA out of memory on {node}: too many trials or too large a pack on one GPU; "
+           f"raise resources.gpu (fewer trials per GPU) or lower `pack` "
+           f"({str(err).splitlines()[0][:200]})")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    store.set_status(trial_id, "failed", error=msg)
+    return FatalTrialError(msg)
 
 
 def _start(cfg, store, trial_id, node, done, log):
@@ -218,6 +242,9 @@ def _start(cfg, store, trial_id, node, done, log):
 
 def _timed_epoch(run: Run, train_x: torch.Tensor) -> float:
     t0 = time.perf_counter()
+    if run.cfg.train.fault_oom_epoch == run.epoch + 1:   # as torch raises it, before any step
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB "
+                                     "(injected by train.fault_oom_epoch)")
     if run.cfg.train.fault_nan_epoch == run.epoch + 1:   # a real NaN through the real step
         with torch.no_grad():
             next(run.vae.parameters()).view(-1)[0] = float("nan")
