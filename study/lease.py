@@ -15,10 +15,10 @@ over) stops its study as Ctrl-C would.
 """
 from __future__ import annotations
 
-import _thread
 import json
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -86,7 +86,7 @@ class Lease:
                 self.log(f"lease lost: driver pid {holder.get('pid')} on {holder.get('host')} took "
                          f"over study {self.store.study!r} after this driver was silent for "
                          f"{self.ttl:.0f} s; stopping")
-                _thread.interrupt_main()
+                os.kill(os.getpid(), signal.SIGINT)     # as Ctrl-C: Tune stops the trials
                 return
             self.files.put(_name(self.gen), self._record(since=since))
 
