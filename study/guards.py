@@ -145,6 +145,8 @@ def _bootstrap_node_types(path: str = "~/ray_bootstrap_config.yaml") -> list[dic
 
 
 def _autoscaler_running() -> bool:
+    """Whether an autoscaler may start nodes. `ray start --head` runs one with a read-only
+    provider whose node types are the nodes themselves (`node_<id>`); that one never does."""
     from ray._private import ray_constants
     from ray.experimental.internal_kv import _internal_kv_get
 
@@ -152,7 +154,12 @@ def _autoscaler_running() -> bool:
         status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
     except Exception:                                    # noqa: BLE001 (private API)
         return True                                      # unknown: do not guess
-    return bool(status) and "autoscaler_report" in json.loads(status)
+    report = json.loads(status).get("autoscaler_report") if status else None
+    if not report:
+        return False
+    names = {*(report.get("active_nodes") or {}), *(report.get("idle_nodes") or {}),
+             *(report.get("pending_launches") or {})}
+    return not all(n.startswith("node_") for n in names)
 
 
 def follow_gpu_share(share: float, node: str) -> None:
