@@ -78,17 +78,29 @@ class Lease:
         self.gen = 0
 
     def _heartbeat(self) -> None:
-        since = time.time()
+        since, failing = time.time(), False
         while not self._stop.wait(self.ttl / 4):
-            newer = [g for g in self._generations() if g > self.gen]
-            if newer:
-                holder = self._read(newer[-1]) or {}
-                self.log(f"lease lost: driver pid {holder.get('pid')} on {holder.get('host')} took "
-                         f"over study {self.store.study!r} after this driver was silent for "
-                         f"{self.ttl:.0f} s; stopping")
-                os.kill(os.getpid(), signal.SIGINT)     # as Ctrl-C: Tune stops the trials
-                return
+            try:
+                if self._renew(since):
+                    return
+                failing = False
+            except Exception as e:                      # noqa: BLE001 (a storage blip: retry)
+                if not failing:
+                    self.log(f"lease: cannot renew in {self.store.uri()} ({e}); retrying")
+                failing = True
+
+    def _renew(self, since: float) -> bool:
+        """Rewrite our generation; True (and SIGINT to this driver) where a newer one exists."""
+        newer = [g for g in self._generations() if g > self.gen]
+        if not newer:
             self.files.put(_name(self.gen), self._record(since=since))
+            return False
+        holder = self._read(newer[-1]) or {}
+        self.log(f"lease lost: driver pid {holder.get('pid')} on {holder.get('host')} took over "
+                 f"study {self.store.study!r} after this driver was silent for {self.ttl:.0f} s; "
+                 "stopping")
+        os.kill(os.getpid(), signal.SIGINT)             # as Ctrl-C: Tune stops the trials
+        return True
 
     def _record(self, since: float) -> bytes:
         return json.dumps({"driver": DRIVER_ID, "host": socket.gethostname(), "pid": os.getpid(),
