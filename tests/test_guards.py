@@ -15,7 +15,7 @@ import yaml
 from study import guards, runner
 from study.cli import main
 from study.inputs import UsageError
-from study.spec import parse
+from study.spec import parse, trial_configs
 from conftest import tiny
 from trainables.store import ResultStore
 
@@ -171,11 +171,11 @@ def test_a_node_that_cannot_see_the_probe_fails_its_trial_at_once(tmp_path, ray_
                   "train": {"epochs": 2}, "failure": {"max_retries": 2}})
     store = ResultStore(str(tmp_path), "blind")
     store.write_json(store.path(guards.PROBE), {"driver": "an-earlier-driver"})
-    configs = runner.trial_configs(spec)
+    trials = [(c.trial_id(), c) for c in trial_configs(spec)]
     t0 = time.time()
-    errors = runner.fit(spec, store, runner._grid_space(configs))
+    errors = runner.fit(spec, store, runner._grid_space(trials))
     [(tid, line)] = errors.items()
-    assert tid == configs[0].trial_id() and line.count("\n") == 0
+    assert tid == trials[0][0] and line.count("\n") == 0
     assert line.startswith("storage: node ") and "cannot see the study storage " \
         f"{store.uri()} (another driver's probe (an-earlier-driver)" in line
     assert store.status(tid) is None                     # it never started training
