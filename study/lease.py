@@ -110,13 +110,15 @@ class Lease:
         return sorted(int(m[1]) for n in self.files.names() if (m := GENERATION.fullmatch(n)))
 
     def _read(self, gen: int) -> dict | None:
-        data = self.files.read(_name(gen))
-        if data is None:
-            return None
-        try:
-            return json.loads(data)
-        except ValueError:                          # created, not yet written: just taken
-            return {"renewed": time.time(), "ttl": self.ttl}
+        for _ in range(20):                         # O_EXCL creates, then writes: wait for it
+            data = self.files.read(_name(gen))
+            if data is None:
+                return None
+            try:
+                return json.loads(data)
+            except ValueError:
+                time.sleep(0.1)
+        return {"renewed": time.time(), "ttl": self.ttl}     # being written: just taken
 
     def _stale(self, holder: dict) -> bool:
         if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid", -1)):
