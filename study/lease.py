@@ -127,9 +127,11 @@ class Lease:
 
 
 def held_line(study: str, holder: dict) -> str:
+    age = time.time() - holder.get("renewed", time.time())
     return (f"name: study {study!r} is being run by pid {holder.get('pid')} on "
             f"{holder.get('host')} since {time.ctime(holder.get('since', 0))}; wait for it, or "
-            "stop it and `vaestudy resume`")
+            f"stop it and `vaestudy resume` (its lease, renewed {age:.0f} s ago, is taken over "
+            f"once {holder.get('ttl', TTL):.0f} s old)")
 
 
 def _name(gen: int) -> str:
