@@ -66,3 +66,15 @@ def metrics_section(table: pl.DataFrame | None, labels: dict[str, str],
     if costs:
         out.append(("p", "Cost: " + "; ".join(costs) + "."))
     return out
+
+
+def metrics_frames(root: str, study: str, names, seed: int = 0, log=print) -> dict:
+    """{"metrics": the per-trial table, "metrics_summary": per configuration}; prints each
+    metric's cost per trial. The report writes both as analysis/<name>.parquet."""
+    from analysis.metrics.table import cost_lines, metrics_table
+
+    costs: dict = {}
+    table = metrics_table(root, study, names, seed=seed, costs=costs)
+    for line in cost_lines(costs):
+        log(f"metrics cost: {line}")
+    return {"metrics": table, "metrics_summary": summary(table)}
