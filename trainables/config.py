@@ -18,6 +18,7 @@ DATASETS = ("mnist", "intrinsic", "npz", "image_folder")
 ARCHS = ("auto", "conv2", "conv4", "mnist", "celeba", "yaleb")
 SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
+EVAL_METRICS = ("mig", "sap", "modularity")   # analysis.metrics.SEARCHABLE: cheap per evaluation
 RUNTIME_KEYS = {"train": ("threads",)}   # how a trial runs, not what it computes
 # The keys results format 1 hashed into a trial id (all of them, defaults included);
 # frozen, so that studies written then still map their spec to their recorded ids.
@@ -132,9 +133,12 @@ class EvalConfig:
     codes_points: int = 1000          # rows of the codes table at the last evaluation
     traversals: bool = True           # Fig. 12-16 montages at the end of the trial
     traversal_images: int = 3
+    metrics: tuple[str, ...] = ()     # disentanglement scores at each evaluation (search objectives)
 
     def check(self) -> None:
         _positive("eval.every", self.every)
+        for m in self.metrics:
+            _one_of("eval.metrics", m, EVAL_METRICS)
         _positive("eval.max_points", self.max_points)
         if not self.used_threshold >= 0:
             raise ConfigError("eval.used_threshold", f"got {self.used_threshold}; allowed: >= 0")
@@ -256,6 +260,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if optional:
             return None
         raise ConfigError(key, f"got null; allowed: {_describe(text)}")
+    if "tuple[str" in text:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"got {value!r}; allowed: a list of names")
+        return tuple(value)
     if "tuple" in text:
         if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
             raise ConfigError(key, f"got {value!r}; allowed: a list of numbers")

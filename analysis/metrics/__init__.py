@@ -71,6 +71,19 @@ DEFAULT = ("mig", "dci", "sap", "modularity")
 SEARCHABLE = ("mig", "sap", "modularity")     # cheap enough for every evaluation
 
 
+def compute_searchable(names, mu, y, seed) -> dict:
+    """{name: score} for names in SEARCHABLE on codes mu [N, H] and factors y [N, P], as a
+    trial computes them at each evaluation (modularity without explicitness)."""
+    import numpy as np
+
+    out = {}
+    for name in names:
+        rng = np.random.default_rng([*np.atleast_1d(seed), list(METRICS).index(name)])
+        hp = {"explicit": False} if name == "modularity" else {}
+        out[name] = METRICS[name].fn(mu, y, rng, **hp)[name]
+    return out
+
+
 def parse_names(text: str) -> tuple[str, ...]:
     """'mig,sap' -> ("mig", "sap"); 'none' -> (); ValueError naming an unknown one."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
@@ -83,6 +96,6 @@ def parse_names(text: str) -> tuple[str, ...]:
     return names
 
 
-__all__ = ["METRICS", "DEFAULT", "SEARCHABLE", "Metric", "parse_names", "compute_mig",
+__all__ = ["METRICS", "DEFAULT", "SEARCHABLE", "Metric", "parse_names", "compute_searchable", "compute_mig",
            "compute_dci", "compute_sap", "compute_modularity_explicitness", "compute_factor_vae",
            "compute_betavae"]
