@@ -182,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
                     help="skip the Higgins et al. metric (it re-encodes generated data)")
     rp.add_argument("--metrics", default="default",
                     help="disentanglement metrics to compute, comma-separated: mig, dci, "
-                         "dci_gbt, sap, modularity, factorvae, betavae, or none "
+                         "dci_gbt, sap, modularity, explicitness, factorvae, betavae, or none "
                          "(default: mig,dci,sap,modularity); see docs/analysis.md")
     rp.set_defaults(func=cmd_report)
 

@@ -92,6 +92,11 @@ def test_constant_codes_score_zero(y, name):
             assert out[key] == pytest.approx(0.0, abs=1e-6), key
 
 
+def test_explicitness_is_high_for_identity_codes_and_chance_for_constant_ones(y):
+    assert score("explicitness", y[:800], y[:800])["explicitness"] > 0.9
+    assert score("explicitness", np.zeros((800, 3)), y[:800])["explicitness"] == pytest.approx(0.5)
+
+
 def test_duplicating_a_factors_code_lowers_mig_but_not_dci_informativeness(y):
     dup = np.concatenate([y, y[:, :1]], axis=1)
     assert score("mig", dup, y)["mig"] < score("mig", y, y)["mig"] - 0.15

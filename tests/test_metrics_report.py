@@ -24,7 +24,7 @@ def tiny(tmp_path):
 
 
 def test_one_row_per_trial_from_the_stored_codes_and_reasons_for_the_rest(tiny):
-    table = metrics_table(*tiny, ("mig", "sap", "dci", "modularity", "factorvae"))
+    table = metrics_table(*tiny, ("mig", "sap", "dci", "modularity", "explicitness", "factorvae"))
     assert table.height == 2 and table["trial_id"].n_unique() == 2
     assert set(COLUMNS) <= set(table.columns)
     assert table["points"].to_list() == [50, 50]

@@ -4,7 +4,8 @@ Two kinds, as in disentanglement_lib (`compute_x(data, representation_fn,
 random_state, **hparams) -> dict`):
 - on stored codes, `compute_x(mu [N, H], y [N, P], random_state, **hparams)`: any trial's
   codes table (`mu`, `truth`) recomputes them, whatever its size: mig, dci, dci_gbt,
-  sap, modularity (with explicitness);
+  sap, modularity, explicitness (disentanglement_lib computes the last two together:
+  `compute_modularity_explicitness`; apart here, as explicitness costs 100x more);
 - on fresh observations, `compute_x(truth, representation_fn, random_state, **hparams)`:
   factorvae, betavae, where the data set can render images for chosen factor values
   (`truth.ground_truth`).
@@ -20,7 +21,7 @@ from analysis.metrics.dci import compute_dci
 from analysis.metrics.factorvae import FAST as FACTORVAE_FAST
 from analysis.metrics.factorvae import compute_factor_vae
 from analysis.metrics.mig import compute_mig
-from analysis.metrics.modularity import compute_modularity_explicitness
+from analysis.metrics.modularity import compute_explicitness, compute_modularity_explicitness
 from analysis.metrics.sap import compute_sap
 
 BETAVAE_FAST = {"batch_size": 64, "num_train": 300, "num_eval": 200}
@@ -61,7 +62,9 @@ METRICS = {
                                              "dci_informativeness"),
                       {"importance": "gbt", "codes": "used"}),
     "sap": Metric(compute_sap, "codes", ("sap",)),
-    "modularity": Metric(compute_modularity_explicitness, "codes", ("modularity", "explicitness")),
+    "modularity": Metric(compute_modularity_explicitness, "codes", ("modularity",),
+                         {"explicit": False}),
+    "explicitness": Metric(compute_explicitness, "codes", ("explicitness",)),
     "factorvae": Metric(_rename(compute_factor_vae, {"eval_accuracy": "factorvae",
                                                      "train_accuracy": "factorvae_train"}),
                         "render", ("factorvae", "factorvae_train"), FACTORVAE_FAST),
@@ -79,8 +82,7 @@ def compute_searchable(names, mu, y, seed) -> dict:
     out = {}
     for name in names:
         rng = np.random.default_rng([*np.atleast_1d(seed), list(METRICS).index(name)])
-        hp = {"explicit": False} if name == "modularity" else {}
-        out[name] = METRICS[name].fn(mu, y, rng, **hp)[name]
+        out[name] = METRICS[name].fn(mu, y, rng, **METRICS[name].hparams)[name]
     return out
 
 
@@ -97,5 +99,6 @@ def parse_names(text: str) -> tuple[str, ...]:
 
 
 __all__ = ["METRICS", "DEFAULT", "SEARCHABLE", "Metric", "parse_names", "compute_searchable", "compute_mig",
-           "compute_dci", "compute_sap", "compute_modularity_explicitness", "compute_factor_vae",
+           "compute_dci", "compute_sap", "compute_modularity_explicitness", "compute_explicitness",
+           "compute_factor_vae",
            "compute_betavae"]
