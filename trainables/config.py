@@ -130,7 +130,7 @@ class EvalConfig:
     max_points: int = 10_000          # App. D: indicators on up to 10,000 test points
     used_threshold: float = 0.5       # App. E: a factor is used when its MI > 0.5 nats
     normal_var_tol: float = 0.1       # Fig. 5b: mean posterior variance within 0.1 of 1
-    codes_points: int = 1000          # rows of the codes table at the last evaluation
+    codes_points: int = 1000          # codes table rows at the last evaluation (docs/analysis.md)
     traversals: bool = True           # Fig. 12-16 montages at the end of the trial
     traversal_images: int = 3
     metrics: tuple[str, ...] = ()     # disentanglement scores at each evaluation (search objectives)
