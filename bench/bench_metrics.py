@@ -140,9 +140,10 @@ def render_costs(H, settings):
         hp = {**METRICS[name].hparams, **settings.get(name, {}),
               **({"prune_threshold": 0.0} if name == "factorvae" else {})}
         t, _ = timed(lambda: METRICS[name].fn(truth, encode, np.random.default_rng(0), **hp), 1)
-        n = hp["batch_size"] * (hp["num_train"] + hp["num_eval"]) * (2 if name == "betavae" else 1)
+        pair = 2 if name == "betavae" else 1                    # BetaVAE encodes pairs
+        n = hp["batch_size"] * (hp["num_train"] + hp["num_eval"]) * pair
         print(f"{name:<12}{t:>8.2f} s  ({hp}, ~{n:,} images; published setting "
-              f"{10_000 * 64 * (2 if name == 'betavae' else 1) + 5_000 * 64 * (2 if name == 'betavae' else 1):,})")
+              f"{(10_000 + 5_000) * 64 * pair:,})")
 
 
 def main() -> None:

@@ -118,7 +118,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
     if not store.exists(store.path("trials")):
         raise UsageError(f"{args.study}: no trials/ folder there; not a study with results")
-    print(f"report: {build_report(root, store.study, higgins=not args.no_higgins, metrics=metrics)}")
+    path = build_report(root, store.study, higgins=not args.no_higgins, metrics=metrics)
+    print(f"report: {path}")
     return 0
 
 

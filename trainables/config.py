@@ -133,7 +133,7 @@ class EvalConfig:
     codes_points: int = 1000          # codes table rows at the last evaluation (docs/analysis.md)
     traversals: bool = True           # Fig. 12-16 montages at the end of the trial
     traversal_images: int = 3
-    metrics: tuple[str, ...] = ()     # disentanglement scores at each evaluation (search objectives)
+    metrics: tuple[str, ...] = ()     # disentanglement scores at each evaluation (search)
 
     def check(self) -> None:
         _positive("eval.every", self.every)

@@ -98,7 +98,8 @@ def parse_names(text: str) -> tuple[str, ...]:
     return names
 
 
-__all__ = ["METRICS", "DEFAULT", "SEARCHABLE", "Metric", "parse_names", "compute_searchable", "compute_mig",
+__all__ = ["METRICS", "DEFAULT", "SEARCHABLE", "Metric", "parse_names", "compute_searchable",
+           "compute_mig",
            "compute_dci", "compute_sap", "compute_modularity_explicitness", "compute_explicitness",
            "compute_factor_vae",
            "compute_betavae"]
