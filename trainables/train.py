@@ -27,7 +27,7 @@ from trainables.vae import VAE, kl_to_prior
 Report = Callable[[dict], None]
 METRICS = ("trial_id", "epoch", "evlb", "recon_mse", "kl_post_prior", "mi_xz", "kl_qz_pz",
            "kl_qstar_pz", "n_used_factors", "n_normal_variance_factors", "sigma2",
-           "equivalent_sigma2", "train_loss")
+           "equivalent_sigma2", "train_loss", "mig", "sap", "modularity")
 
 
 @dataclass
@@ -120,6 +120,7 @@ def result_rows(run: Run, study: str, trial_id: str, ev: dict, train_loss: float
         "equivalent_sigma2": beta * sigma2,                             # Sec. 7.2.1
         "latent_dim": cfg.model.latent_dim, "seed": cfg.train.seed,
         "evlb": ev["evlb"], "recon_mse": ev["recon_mse"], **ind.scalars,
+        **{m: ev.get("scores", {}).get(m) for m in ("mig", "sap", "modularity")},
         "train_loss": train_loss, "noise_pi": noise.get("pi"), "noise_sigma2_k": noise.get("sigma2_k"),
         "eval_points": ev["eval_points"], "used_threshold": cfg.eval.used_threshold,
         "var_floor": cfg.noise.var_floor,
@@ -284,6 +285,7 @@ def _completed(run, store, trial_id, test, last, report) -> dict:
 
 def _evaluate_and_buffer(run, study, trial_id, loss, test) -> dict:
     ev = evaluate(run, test)
+    ev["scores"] = disentanglement_scores(run, ev, test)
     rows = result_rows(run, study, trial_id, ev, loss, test)
     run.last_mi = ev["indicators"].factors["mi"]
     run.rows["trials"] += rows["trials"]
@@ -291,7 +293,21 @@ def _evaluate_and_buffer(run, study, trial_id, loss, test) -> dict:
     if run.epoch == run.cfg.train.epochs:                    # codes: the last evaluation only
         run.rows["codes"] += code_rows(run, study, trial_id, ev, test)
     row = rows["trials"][0]
-    return {k: row[k] for k in METRICS}
+    return {k: row[k] for k in METRICS if row[k] is not None}
+
+
+def disentanglement_scores(run: Run, ev: dict, test: datasets.Data) -> dict:
+    """eval.metrics (MIG, SAP, modularity) on the points just encoded and their true factors;
+    {} when none is asked for or the data have no factors."""
+    names = run.cfg.eval.metrics
+    if not names or test.factors is None:
+        return {}
+    from analysis.metrics import compute_searchable
+
+    n = ev["eval_points"]
+    return compute_searchable(names, ev["mu"].double().cpu().numpy(),            # [n, H]
+                              test.factors[:n].double().cpu().numpy(),           # [n, P]
+                              seed=(run.cfg.train.seed, run.epoch))
 
 
 def last_metrics(store: ResultStore, trial_id: str) -> dict:
@@ -299,7 +315,7 @@ def last_metrics(store: ResultStore, trial_id: str) -> dict:
     if t is None or t.num_rows == 0:
         return {}
     row = t.sort_by("epoch").slice(t.num_rows - 1).to_pylist()[0]
-    return {k: v for k, v in row.items() if k in METRICS}
+    return {k: v for k, v in row.items() if k in METRICS and v is not None}
 
 
 def _finite_params(run: Run) -> bool:
