@@ -29,6 +29,9 @@ def open_study(scfg: SearchConfig, storage, name: str):
     directions = ["maximize" if d == "max" else "minimize" for _, d in scfg.objectives]
     study = optuna.create_study(storage=storage.optuna, study_name=name, directions=directions,
                                 sampler=make_sampler(scfg), load_if_exists=True)
+    n = len(study.get_trials(deepcopy=False))
+    if n:                                          # resumed: a stream it has not drawn yet
+        study.sampler = make_sampler(scfg, n)
     names = [m for m, _ in scfg.objectives]
     if study.metric_names != names:
         import warnings

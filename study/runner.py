@@ -9,17 +9,17 @@ latest checkpoint on storage.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-from contextlib import contextmanager
 import socket
 import time
 from dataclasses import dataclass
 
-from study import tuner
+from study import guards, tuner
 from study.inputs import UsageError
-from study.tuner import start_ray  # noqa: F401  (tests and benches call runner.start_ray)
-from study.spec import StudySpec, _is_grid, trial_configs
+from study.lease import Lease
+from study.tuner import fit, start_ray  # noqa: F401  (tests and benches call them here)
+from study.spec import StudySpec, trial_configs
 from study.status import count_states
 from trainables.config import ConfigError, TrialConfig
 from trainables.store import FORMAT_VERSION, ResultStore, StoreError, code_version, recorded_trials
@@ -128,17 +128,20 @@ def write_meta(store: ResultStore, spec: StudySpec, trials: list[dict] | None, *
 
 def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = False,
         log=print) -> Outcome:
+    guards.check_cluster_storage(spec, root, address)
     store, trials, scfg = prepare(spec, root, resume)
     log(f"study {spec.name}: {spec.size_line()}")
     log(f"results: {store.uri()}")
     t0 = time.time()
     ids = [tid for tid, _ in trials]
-    with driver_lock(store):
-        _write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
-                   driver_host=socket.gethostname())
+    with Lease(store, log=log):
         tuner.start_ray(address, log)
+        spec = dataclasses.replace(spec, gpu=guards.gpu_share(spec, address))
+        _write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
+                    driver_host=socket.gethostname())
+        guards.write_probe(store)
         if scfg is None:
-            errors = tuner.fit(spec, store, _grid_space(trials))
+            errors = fit(spec, store, _grid_space(trials))
         else:
             from study import optuna_run
 
@@ -159,32 +162,6 @@ def _write_meta(store: ResultStore, *args, **kw) -> None:
     except OSError as e:
         from trainables.store import _why
         raise UsageError(f"storage: cannot write to {store.uri()}: {_why(e)}") from None
-
-
-@contextmanager
-def driver_lock(store: ResultStore):
-    """One driver per study: a second `run`/`resume` of a study that is running is refused;
-    the lock of a driver that died (SIGKILL, reboot) is taken over."""
-    path = store.path("driver.lock")
-    if store.exists(path):
-        old = store.read_json(path)
-        if old.get("host") == socket.gethostname() and _alive(old.get("pid", -1)):
-            raise UsageError(f"name: study {store.study!r} is being run by pid {old['pid']} on "
-                             f"{old['host']} since {time.ctime(old.get('since', 0))}; wait for "
-                             "it, or stop it and `vaestudy resume`")
-    store.write_json(path, {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
-    try:
-        yield
-    finally:
-        store.delete(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError, OverflowError, ValueError):
-        return False
-    return True
 
 
 def _grid_space(trials: list[tuple[str, TrialConfig]]) -> dict:

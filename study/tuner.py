@@ -9,9 +9,11 @@ environment or AWS profile), so nothing secret is pickled into Tune's state.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
-from study import raypatch
+from study import guards, raypatch
+from study.lease import DRIVER_ID
 from study.spec import StudySpec, _is_grid
 from trainables.store import ResultStore
 
@@ -49,17 +51,14 @@ def _is_loopback(address: str) -> bool:
 def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, scheduler=None,
         num_samples: int = 1) -> dict[str, str]:
     """Run trials through Tune; returns {trial_id: error} of trials that failed for good."""
-    import ray
     from ray import tune
 
     from study.optuna_storage import driver_dir
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # the concise table, not per-result boxes
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"   # no CSV/JSON/TensorBoard copies
-    gpu = spec.gpu
-    if gpu is None:                               # share a card between small models
-        gpu = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": gpu})
+    spec = dataclasses.replace(spec, gpu=guards.gpu_share(spec, None))   # run() sets it on a cluster
+    trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": spec.gpu})
     if search_alg is None:                        # a searcher puts the context in its configs
         space = {**space, "study": study_context(spec, store)}
     tuner = tune.Tuner(
@@ -76,8 +75,12 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
     grid = tuner.fit()
     errors = {}
     for r in grid:
-        if r.error is not None and r.config and "trial" in r.config:
+        if not r.config or "trial" not in r.config:
+            continue
+        if r.error is not None:
             errors[r.config["trial"]["id"]] = f"{type(r.error).__name__}: {r.error}"[-2000:]
+        elif (r.metrics or {}).get("fatal"):           # failed at once, not retried
+            errors[r.config["trial"]["id"]] = r.metrics["fatal"]
     return errors
 
 
@@ -85,7 +88,8 @@ def study_context(spec: StudySpec, store: ResultStore) -> dict:
     """What a trial needs to find its store and data: an absolute root, and the driver's
     folder for relative data paths, since Ray runs trials in working directories of its own."""
     root = store.root if "://" in store.root else os.path.abspath(os.path.expanduser(store.root))
-    return {"root": root, "name": store.study, "cpu": spec.cpu, "cwd": os.getcwd()}
+    return {"root": root, "name": store.study, "cpu": spec.cpu, "cwd": os.getcwd(),
+            "gpu": spec.gpu or 0.0, "driver": DRIVER_ID}
 
 
 def reporter(spec: StudySpec):

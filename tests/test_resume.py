@@ -74,7 +74,7 @@ def test_ctrl_c_stops_the_study_and_says_how_to_resume(procs):
     out = procs.log("run")
     assert driver.returncode == 130, out[-2000:]
     assert "vaestudy resume" in out
-    assert not (root / "interrupted" / "driver.lock").exists()
+    assert not list((root / "interrupted" / "lease").glob("driver-*.json"))
     rc, resumed = procs.run(cli("resume", str(root / "interrupted"), "--no-report"), "resume")
     assert rc == 0, resumed[-3000:]
     trials = pl.scan_parquet(store.glob("trials")).collect()
