@@ -22,8 +22,14 @@ def trial_id_for(cfg: TrialConfig, number: int) -> str:
 
 
 def open_study(scfg: SearchConfig, storage, name: str):
-    """The search's Optuna study (created on first use), its objectives named."""
+    """The search's Optuna study (created on first use), its objectives named. `storage`: an
+    `optuna_storage.Storage`, or an RDB URL."""
     import optuna
+
+    from study.optuna_storage import Storage
+
+    if isinstance(storage, str):
+        storage = Storage(storage, storage)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize" if d == "max" else "minimize" for _, d in scfg.objectives]
