@@ -18,7 +18,11 @@ DATASETS = ("mnist", "intrinsic", "npz", "image_folder")
 ARCHS = ("auto", "conv2", "conv4", "mnist", "celeba", "yaleb")
 SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 RUNTIME_KEYS = ("threads",)
+# keys added after trials were first stored: in the id only when not at their default,
+# so existing trials keep their ids
+LATER_KEYS = {"train": {"precision": "fp32", "compile": False}}
 
 
 class ConfigError(ValueError):
@@ -100,6 +104,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None        # torch threads; a Ray trial sets its CPU share
     fault_nan_epoch: int | None = None  # fault injection: poison a weight with NaN in this epoch
+    precision: str = "fp32"           # fp32, or bf16 autocast of the networks' step (GPU)
+    compile: bool = False             # torch.compile the VAE's forward pass
 
     def check(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -109,6 +115,7 @@ class TrainConfig:
         _one_of("train.device", self.device, DEVICES)
         _positive("train.threads", self.threads, allow_none=True)
         _positive("train.fault_nan_epoch", self.fault_nan_epoch, allow_none=True)
+        _one_of("train.precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,9 @@ class TrialConfig:
         How many threads it gets (train.threads, set from its CPU share) is not part of it."""
         d = self.to_dict()
         d["train"] = {k: v for k, v in d["train"].items() if k not in RUNTIME_KEYS}
+        for section, defaults in LATER_KEYS.items():
+            d[section] = {k: v for k, v in d[section].items()
+                          if k not in defaults or v != defaults[k]}
         blob = json.dumps(d, sort_keys=True, default=str)
         return "t" + hashlib.sha256(blob.encode()).hexdigest()[:11]
 
