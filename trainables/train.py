@@ -49,15 +49,25 @@ class Run:
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device: cuda requested but no GPU is visible")
+    if name == "cuda" and torch.cuda.get_device_capability()[0] >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True     # Ampere and newer: TF32 matmuls
+        torch.backends.cudnn.allow_tf32 = True           # and convolutions
     return torch.device(name)
+
+
+def autocast(cfg: TrialConfig, device: torch.device):
+    """bf16 autocast of the training step when train.precision is bf16; a no-op for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
 
 
 def build(cfg: TrialConfig, shape: tuple[int, int, int], device: torch.device) -> Run:
     torch.manual_seed(cfg.train.seed)                                   # weight init
     vae = VAE(shape, cfg).to(device)
+    if cfg.train.compile:
+        vae.compile()                                                   # forward only; same keys
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)           # App. D
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)    # batches and eps
     return Run(cfg, vae, opt, gen, device)
@@ -72,7 +82,8 @@ def train_epoch(run: Run, x: torch.Tensor) -> float:
     for i in range(0, x.shape[0], B):
         xb = x[perm[i:i + B]]                                           # [B, C, H, W]
         eps = torch.randn(xb.shape[0], H, generator=run.gen, device=run.device)
-        loss, xhat = vae.loss(xb, eps)
+        with autocast(run.cfg, run.device):
+            loss, xhat = vae.loss(xb, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -151,9 +162,19 @@ def state_dict(run: Run) -> dict:
 def load_state(run: Run, state: dict) -> None:
     run.vae.load_state_dict(state["vae"])
     run.opt.load_state_dict(state["opt"])
-    run.gen.set_state(state["gen"])
     run.epoch, run.wall = int(state["epoch"]), float(state["wall"])
+    set_generator(run, state["gen"])
     run.flushed = run.epoch
+
+
+def set_generator(run: Run, gen_state: torch.Tensor) -> None:
+    """Restore the batch/noise generator; a state saved on another kind of device (a CPU
+    trial resumed on a GPU, or back) cannot be, so the generator is reseeded from
+    (seed, epoch): the run goes on, on another but still deterministic stream."""
+    try:
+        run.gen.set_state(gen_state)
+    except RuntimeError:
+        run.gen.manual_seed(run.cfg.train.seed * 1_000_003 + int(run.epoch))
 
 
 def flush(run: Run, store: ResultStore, trial_id: str) -> None:
