@@ -203,38 +203,62 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
     while run.epoch < cfg.train.epochs:
         loss = _timed_epoch(run, train_x)
         if not math.isfinite(loss) or not _finite_params(run):
-            return _diverged(run, store, trial_id, loss, last, log)
-        evaluated = run.epoch % cfg.eval.every == 0 or run.epoch == cfg.train.epochs
-        if evaluated:
-            last = _evaluate_and_buffer(run, store.study, trial_id, loss, test)
-        checkpoint = run.epoch % cfg.checkpoint.every == 0 or run.epoch == cfg.train.epochs
-        if evaluated or checkpoint:          # rows reach storage before anyone sees them
-            flush(run, store, trial_id)
-        if checkpoint:
-            store.save_checkpoint(trial_id, run.epoch, state_dict(run), cfg.checkpoint.keep)
+            return finish_diverged(run, store, trial_id, loss, last, log)
+        last, evaluated = end_epoch(run, store, trial_id, loss, test, last)
         if evaluated and report and run.epoch < cfg.train.epochs:
             report(last)                    # the last epoch is reported once the trial is done
-    return _completed(run, store, trial_id, test, last, report)
+    return finish_completed(run, store, trial_id, test, last, report)
+
+
+def end_epoch(run: Run, store: ResultStore, trial_id: str, loss: float, test: datasets.Data,
+              last: dict) -> tuple[dict, bool]:
+    """Evaluate, flush and checkpoint at their cadence; returns (last metrics, evaluated)."""
+    cfg = run.cfg
+    evaluated = run.epoch % cfg.eval.every == 0 or run.epoch == cfg.train.epochs
+    if evaluated:
+        last = _evaluate_and_buffer(run, store.study, trial_id, loss, test)
+    checkpoint = run.epoch % cfg.checkpoint.every == 0 or run.epoch == cfg.train.epochs
+    if evaluated or checkpoint:              # rows reach storage before anyone sees them
+        flush(run, store, trial_id)
+    if checkpoint:
+        store.save_checkpoint(trial_id, run.epoch, state_dict(run), cfg.checkpoint.keep)
+    return last, evaluated
 
 
 def _start(cfg, store, trial_id, node, done, log):
     """Mark the trial running, load its data and model, resume from its latest checkpoint."""
-    node = node or socket.gethostname()
-    store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs,
-                     attempts=(done or {}).get("attempts", 0) + 1, node=node)
+    device = setup_torch(cfg)
+    train_x, test = load_splits(cfg, device)
+    run = start_run(cfg, store, trial_id, node, done, log, tuple(train_x.shape[1:]), device)
+    return run, train_x, test
+
+
+def setup_torch(cfg: TrialConfig) -> torch.device:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    return pick_device(cfg.train.device)
+
+
+def load_splits(cfg: TrialConfig, device: torch.device) -> tuple[torch.Tensor, datasets.Data]:
+    """(training images on the device, the test split on the device)."""
     data = datasets.load(cfg.dataset)
     splits = datasets.split(data, cfg.dataset.split, cfg.dataset.split_seed)
-    run = build(cfg, tuple(data.x.shape[1:]), device)
+    return splits.train.x.to(device), splits.test.to(device)
+
+
+def start_run(cfg, store, trial_id, node, done, log, shape, device, **status) -> Run:
+    """Mark the trial running, build it, resume from its latest checkpoint on storage."""
+    node = node or socket.gethostname()
+    store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs,
+                     attempts=(done or {}).get("attempts", 0) + 1, node=node, **status)
+    run = build(cfg, shape, device)
     run.node = node
     state = store.load_checkpoint(trial_id)
     if state is not None:
         load_state(run, state)
         log(f"[{trial_id}] resuming after epoch {run.epoch} from its checkpoint")
     store.rollback(trial_id, run.epoch)                 # rows after it are recomputed
-    return run, splits.train.x.to(device), splits.test.to(device)
+    return run
 
 
 def _timed_epoch(run: Run, train_x: torch.Tensor) -> float:
@@ -248,7 +272,7 @@ def _timed_epoch(run: Run, train_x: torch.Tensor) -> float:
     return loss
 
 
-def _diverged(run, store, trial_id, loss, last, log) -> dict:
+def finish_diverged(run, store, trial_id, loss, last, log) -> dict:
     """End the trial as diverged; its rows up to the last good evaluation stay."""
     log(f"[{trial_id}] diverged at epoch {run.epoch} (loss {loss}); keeping the last good "
         "evaluation")
@@ -260,7 +284,7 @@ def _diverged(run, store, trial_id, loss, last, log) -> dict:
     return last
 
 
-def _completed(run, store, trial_id, test, last, report) -> dict:
+def finish_completed(run, store, trial_id, test, last, report) -> dict:
     """Traversals, merged files, the completed state; then the final report."""
     cfg = run.cfg
     if cfg.eval.traversals:
