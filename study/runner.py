@@ -139,11 +139,12 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
     log(f"results: {store.uri()}")
     t0 = time.time()
     ids = [c.trial_id() for c in configs]
+    space, packs = _grid_space(spec, configs, log)
     with driver_lock(store):
-        write_meta(store, spec, ids, driver_host=socket.gethostname())
+        write_meta(store, spec, ids, driver_host=socket.gethostname(), **packs)
         start_ray(address, log)
         if scfg is None:
-            errors = fit(spec, store, _grid_space(configs))
+            errors = fit(spec, store, space)
         else:
             from study import optuna_run
 
@@ -182,11 +183,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _grid_space(configs: list[TrialConfig]) -> dict:
+def _grid_space(spec: StudySpec, configs: list[TrialConfig], log=print) -> tuple[dict, dict]:
+    """Tune's grid (one entry per trial, or per pack) and, when packed, {"packs": {id: ids}}."""
     from ray import tune
 
-    return {"trial": tune.grid_search([{"id": c.trial_id(), "config": c.to_dict()}
-                                       for c in configs])}
+    if not spec.pack or not configs:
+        return {"trial": tune.grid_search([{"id": c.trial_id(), "config": c.to_dict()}
+                                           for c in configs])}, {}
+    from study import packing
+
+    parts = packing.partition(configs, spec.pack)
+    log(f"packed: {packing.describe(parts)}")
+    entries = packing.pack_space(parts)
+    return ({"trial": tune.grid_search(entries)},
+            {"packs": {e["id"]: [m["id"] for m in e["members"]] for e in entries}})
+
+
+def member_ids(trial: dict) -> list[str]:
+    """The trial ids a Tune trial stands for: its own, or its pack's members'."""
+    return [m["id"] for m in trial["members"]] if "members" in trial else [trial["id"]]
 
 
 def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, scheduler=None,
@@ -197,8 +212,8 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # the concise table, not per-result boxes
     gpu = spec.gpu
-    if gpu is None:                               # share a card between small models
-        gpu = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    if gpu is None:                               # share a card between small models; a pack fills one
+        gpu = (1.0 if spec.pack else 0.25) if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": gpu})
     if search_alg is None:                        # a searcher puts the context in its configs
         space = {**space, "study": study_context(spec, store)}
@@ -217,7 +232,8 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
     errors = {}
     for r in grid:
         if r.error is not None and r.config and "trial" in r.config:
-            errors[r.config["trial"]["id"]] = f"{type(r.error).__name__}: {r.error}"[-2000:]
+            for trial_id in member_ids(r.config["trial"]):
+                errors[trial_id] = f"{type(r.error).__name__}: {r.error}"[-2000:]
     return errors
 
 
@@ -235,10 +251,13 @@ def reporter(spec: StudySpec):
     keys = spec.axes() if spec.search is None else [
         k for k, v in spec.trial.items() if isinstance(v, dict) or _is_grid(k, v)] + ["train.seed"]
     params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1] for k in keys}
+    if spec.pack:                                 # a pack's members are in `vaestudy status`
+        params = {}
     return CLIReporter(
         parameter_columns=params, max_report_frequency=30, max_progress_rows=40,
         metric_columns={"epoch": "epoch", "evlb": "evlb", "recon_mse": "mse", "mi_xz": "mi_xz",
-                        "kl_qz_pz": "kl_qz_pz", "n_used_factors": "used"},
+                        "kl_qz_pz": "kl_qz_pz", "n_used_factors": "used", "members": "members",
+                        "finished": "finished"},
         sort_by_metric=False)
 
 

@@ -19,18 +19,31 @@ import ray
 from ray import tune
 
 from trainables.config import TrialConfig
+from trainables.pack_run import run_pack
 from trainables.store import ResultStore
 from trainables.train import run_trial
 
 
 def trainable(config: dict) -> None:
-    cfg = TrialConfig.from_dict(config["trial"]["config"])
-    threads = cfg.train.threads or max(1, int(config["study"]["cpu"]))
+    store = ResultStore(config["study"]["root"], config["study"]["name"])
+    node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
+    trial = config["trial"]
+    if "members" in trial:                     # a pack: one vectorised run of its members
+        cfgs = [_local(m["config"], config["study"]) for m in trial["members"]]
+        run_pack(cfgs, store, report=tune.report, trial_ids=[m["id"] for m in trial["members"]],
+                 node=node, name=trial["id"])
+        return
+    run_trial(_local(trial["config"], config["study"]), store, report=tune.report,
+              trial_id=trial["id"], node=node)
+
+
+def _local(d: dict, study: dict) -> TrialConfig:
+    """The trial's config with this worker's thread count and the driver's data path."""
+    cfg = TrialConfig.from_dict(d)
+    threads = cfg.train.threads or max(1, int(study["cpu"]))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     path = cfg.dataset.path
     if path and "://" not in path and not os.path.isabs(path):   # as the driver saw it
-        path = os.path.join(config["study"].get("cwd", "."), path)
+        path = os.path.join(study.get("cwd", "."), path)
         cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=path))
-    store = ResultStore(config["study"]["root"], config["study"]["name"])
-    node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
-    run_trial(cfg, store, report=tune.report, trial_id=config["trial"]["id"], node=node)
+    return cfg
