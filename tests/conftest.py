@@ -10,6 +10,8 @@ SHARED = ROOT.parent / "shared"
 SLICE = ROOT / "tests" / "data" / "mnist"
 MNIST = Path(os.environ.get("VAESTUDY_MNIST", SHARED / "data" / "mnist"))
 GPU = torch.cuda.is_available()
+# VAESTUDY_GPU_DRY_RUN=1 runs the `gpu` tests on the CPU (bench/gpu_check.sh --cpu-dry-run)
+GPU_DRY_RUN = os.environ.get("VAESTUDY_GPU_DRY_RUN") == "1" and not GPU
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def pytest_collection_modifyitems(config, items):
     """`gpu` tests run whenever a GPU is visible, and are skipped (saying so) where none is."""
     skip = pytest.mark.skip(reason="no GPU visible (torch.cuda.is_available() is false)")
     for item in items:
-        if "gpu" in item.keywords and not GPU:
+        if "gpu" in item.keywords and not (GPU or GPU_DRY_RUN):
             item.add_marker(skip)
 
 

@@ -171,9 +171,9 @@ def set_generator(run: Run, gen_state: torch.Tensor) -> None:
     """Restore the batch/noise generator; a state saved on another kind of device (a CPU
     trial resumed on a GPU, or back) cannot be, so the generator is reseeded from
     (seed, epoch): the run goes on, on another but still deterministic stream."""
-    try:
+    if gen_state.numel() == run.gen.get_state().numel():
         run.gen.set_state(gen_state)
-    except RuntimeError:
+    else:
         run.gen.manual_seed(run.cfg.train.seed * 1_000_003 + int(run.epoch))
 
 
