@@ -1,7 +1,7 @@
 """Trials per hour on one GPU by layout: 1 trial alone, 4 trials at a 0.25 share
 (4 processes), packs of 16/32/64, and bf16 / torch.compile variants of a pack.
 
-    PYTHONPATH=$PWD python3 bench/gpu_bench.py [--steps 40] [--out DIR] [--cpu-dry-run]
+    PYTHONPATH=$PWD python3 bench/gpu_bench.py [--steps 100] [--out DIR] [--cpu-dry-run]
 
 Every layout trains the App. D MNIST VAE (conv 32-32, FC 256, H = 128, batch 100,
 Adam 1e-3, specified sigma2) for a fixed number of steps after warm-up steps, and
@@ -166,7 +166,7 @@ def run_layout(args, kind: str, params: dict, timeout: float) -> tuple[float | N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=40, help="timed steps per layout")
+    ap.add_argument("--steps", type=int, default=100, help="timed steps per layout")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--budget", type=float, default=200.0, help="seconds for all layouts")
