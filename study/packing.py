@@ -18,12 +18,15 @@ from trainables.pack_run import pack_id, shared_key
 AUTO_MAX = 32          # members per pack with `pack: auto`: fills a GPU with App. D models
 
 
-def partition(configs: list[TrialConfig], size: int | str) -> list[list[TrialConfig]]:
-    """Configs -> packs: same shared key, at most `size` (or AUTO_MAX) members each."""
+Trial = tuple[str, TrialConfig]          # (trial id as study.json records it, config)
+
+
+def partition(trials: list[Trial], size: int | str) -> list[list[Trial]]:
+    """Trials -> packs: same shared key, at most `size` (or AUTO_MAX) members each."""
     cap = AUTO_MAX if size == "auto" else int(size)
-    groups: dict[str, list[TrialConfig]] = {}
-    for c in configs:
-        groups.setdefault(shared_key(c), []).append(c)
+    groups: dict[str, list[Trial]] = {}
+    for t in trials:
+        groups.setdefault(shared_key(t[1]), []).append(t)
     packs = []
     for group in groups.values():
         n = math.ceil(len(group) / cap)
@@ -32,18 +35,14 @@ def partition(configs: list[TrialConfig], size: int | str) -> list[list[TrialCon
     return packs
 
 
-def describe(packs: list[list[TrialConfig]]) -> str:
+def describe(packs: list[list[Trial]]) -> str:
     sizes = sorted({len(p) for p in packs})
     trials = sum(len(p) for p in packs)
     return (f"{trials} trials in {len(packs)} pack{'s' if len(packs) != 1 else ''} of "
             f"{'-'.join(map(str, (sizes[0], sizes[-1]) if len(sizes) > 1 else sizes))}")
 
 
-def pack_space(packs: list[list[TrialConfig]]) -> list[dict]:
+def pack_space(packs: list[list[Trial]]) -> list[dict]:
     """Tune's grid: one entry per pack, its members' ids and configs."""
-    out = []
-    for p in packs:
-        ids = [c.trial_id() for c in p]
-        out.append({"id": pack_id(ids),
-                    "members": [{"id": i, "config": c.to_dict()} for i, c in zip(ids, p)]})
-    return out
+    return [{"id": pack_id([tid for tid, _ in p]),
+             "members": [{"id": tid, "config": c.to_dict()} for tid, c in p]} for p in packs]

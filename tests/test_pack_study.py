@@ -13,15 +13,19 @@ BASE = {"name": "packed", "dataset": {"name": "intrinsic", "n": 300, "factors": 
 def test_the_grid_is_cut_into_packs_of_members_that_share_their_shape():
     spec = parse({**BASE, "pack": 3, "noise": {"kind": ["specified", "learned"],
                                                "sigma2": [0.01, 0.1, 0.2]}})
-    packs = partition(trial_configs(spec), spec.pack)
+    packs = partition(_trials(spec), spec.pack)
     assert sorted(len(p) for p in packs) == [3, 3, 3, 3]          # 2 kinds x 6, at most 3
     for p in packs:
-        assert len({c.noise.kind for c in p}) == 1
-    assert sum(len(p) for p in packs) == 12
-    auto = partition(trial_configs(spec), "auto")
+        assert len({c.noise.kind for _, c in p}) == 1
+    assert sorted(tid for p in packs for tid, _ in p) == sorted(tid for tid, _ in _trials(spec))
+    auto = partition(_trials(spec), "auto")
     assert sorted(len(p) for p in auto) == [6, 6]
     five = parse({**BASE, "pack": 4, "noise": {"sigma2": [0.01, 0.1, 0.2, 0.3, 0.4]}})
-    assert sorted(len(p) for p in partition(trial_configs(five), 4)) == [3, 3, 4]  # balanced
+    assert sorted(len(p) for p in partition(_trials(five), 4)) == [3, 3, 4]  # balanced
+
+
+def _trials(spec):
+    return [(c.trial_id(), c) for c in trial_configs(spec)]
 
 
 @pytest.mark.parametrize("extra,msg", [
@@ -52,7 +56,7 @@ def test_a_packed_study_stores_ordinary_trials(tmp_path):
         store = ResultStore(str(tmp_path), "packed")
         meta = store.read_json(store.path("study.json"))
         [(pid, members)] = meta["packs"].items()
-        assert sorted(members) == sorted(meta["trials"]) and pid.startswith("p")
+        assert sorted(members) == sorted(t["id"] for t in meta["trials"]) and pid.startswith("p")
         trials = pl.read_parquet(store.glob("trials"))
         assert trials.height == 8 and trials.n_unique(["trial_id", "epoch"]) == 8
         assert all(s["pack"] == pid and s["attempts"] == 1 for s in store.all_status())
