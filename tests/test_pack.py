@@ -8,7 +8,7 @@ from trainables import data as datasets
 from trainables.config import TrialConfig
 from trainables.pack_run import pack_id, run_pack, shared_key
 from trainables.store import ResultStore
-from trainables.train import run_trial
+from trainables.train import build, run_trial, set_generator
 
 QUIET = dict(log=lambda s: None)
 COLS = ("evlb", "recon_mse", "sigma2", "kl_post_prior", "mi_xz", "kl_qz_pz", "kl_qstar_pz",
@@ -58,6 +58,7 @@ def _assert_same(a: ResultStore, b: ResultStore, tid, rel):
     assert [f["mi"] for f in fb] == pytest.approx([f["mi"] for f in fa], rel=rel, abs=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["specified", "learned", "mog"])
 def test_float64_members_equal_their_unpacked_trials_over_3_epochs(tmp_path, float64, kind):
     cfgs = _cfgs(kind, **{"train.epochs": 3})
@@ -83,6 +84,7 @@ def test_float32_members_equal_their_unpacked_trials_after_1_epoch(tmp_path):
         _assert_same(alone, packed, c.trial_id(), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_a_diverging_member_ends_diverged_and_the_others_go_on(tmp_path):
     cfgs = _cfgs("learned", **{"train.epochs": 3})
     bad = TrialConfig.from_dict({**tiny(**{"noise.kind": "learned", "train.epochs": 3,
@@ -112,6 +114,7 @@ def _stop_at(epoch):
     return report
 
 
+@pytest.mark.slow
 def test_resume_rebuilds_a_pack_from_members_at_different_epochs(tmp_path, float64):
     """One member stopped after epoch 3, one after 1, one finished: the pack resumes the two
     from their own checkpoints, leaves the finished one alone, and every row is the
@@ -143,3 +146,19 @@ def test_members_must_share_everything_but_beta_sigma2_seed_and_lr(tmp_path):
     assert shared_key(other) != shared_key(a)
     with pytest.raises(ValueError, match="differ only in"):
         run_pack([a, other], ResultStore(str(tmp_path), "s"), **QUIET)
+
+
+def test_a_generator_state_from_another_kind_of_device_reseeds_deterministically():
+    """A CPU checkpoint resumed on a GPU (or back): the states differ in kind, so the run
+    goes on from a generator seeded by (seed, epoch), the same on every resume."""
+    cfg = TrialConfig.from_dict(tiny())
+    a, b = (build(cfg, (1, 28, 28), torch.device("cpu")) for _ in range(2))
+    a.epoch = b.epoch = 3
+    cuda_like = torch.zeros(16, dtype=torch.uint8)          # a CUDA generator's state size
+    set_generator(a, cuda_like)
+    set_generator(b, cuda_like)
+    assert torch.equal(a.gen.get_state(), b.gen.get_state())
+    assert not torch.equal(a.gen.get_state(), torch.Generator().manual_seed(0).get_state())
+    same = a.gen.get_state()
+    set_generator(b, same)                                   # same kind: restored as saved
+    assert torch.equal(b.gen.get_state(), same)
