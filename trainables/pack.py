@@ -65,6 +65,8 @@ class Pack:
     loss_fn: object = None               # vmapped (possibly compiled) member loss
     after_fn: object = None              # vmapped noise update after the step, or None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _active_t: torch.Tensor | None = None
+    _active_key: tuple | None = None
 
     @property
     def G(self) -> int:
@@ -158,15 +160,22 @@ def step(pack: Pack, xb: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 def _mask(pack: Pack, like: torch.Tensor) -> torch.Tensor:
     """The active members as a bool tensor shaped to broadcast against `like` [G, ...]."""
-    a = torch.tensor(pack.active, device=like.device)
-    return a.view(-1, *([1] * (like.dim() - 1)))
+    return _active(pack).view(-1, *([1] * (like.dim() - 1)))
+
+
+def _active(pack: Pack) -> torch.Tensor:
+    """`pack.active` on the device [G], copied only when it changes (not every step)."""
+    key = tuple(pack.active)
+    if pack._active_key != key:
+        pack._active_t, pack._active_key = torch.tensor(key, device=pack.device), key
+    return pack._active_t
 
 
 @torch.no_grad()
 def adam(pack: Pack) -> None:
     """torch.optim.Adam's update (no weight decay, no amsgrad) with per-member lr and step."""
     b1, b2 = BETAS
-    act = torch.tensor(pack.active, device=pack.device)
+    act = _active(pack)
     pack.steps += act.double()
     s = pack.steps.clamp_min(1.0)
     step_size = pack.lr / (1 - b1 ** s)                                             # [G]
