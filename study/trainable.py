@@ -8,6 +8,12 @@ restarted by Tune (a retry, a lost node) or by `vaestudy resume` after the
 driver died continues from its latest checkpoint on storage; Tune's own
 checkpoint bookkeeping is not relied on (a SIGKILLed driver loses what it had
 not yet snapshotted).
+
+Before anything else the trial checks that its node sees the driver's probe in
+the study storage and makes its device follow its GPU share (study/guards.py).
+A failure no retry can fix (that probe missing, CUDA out of memory) ends the
+trial at once: it is reported as `fatal` instead of raised, so Tune does not
+retry it, and the driver records it as failed.
 """
 from __future__ import annotations
 
@@ -18,23 +24,31 @@ import socket
 import ray
 from ray import tune
 
+from study import guards
 from trainables.config import TrialConfig
 from trainables.pack_run import run_pack
 from trainables.store import ResultStore
-from trainables.train import run_trial
+from trainables.train import FatalTrialError, run_trial
 
 
 def trainable(config: dict) -> None:
-    store = ResultStore(config["study"]["root"], config["study"]["name"])
+    study = config["study"]
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
+    store = ResultStore(study["root"], study["name"])
     trial = config["trial"]
-    if "members" in trial:                     # a pack: one vectorised run of its members
-        cfgs = [_local(m["config"], config["study"]) for m in trial["members"]]
-        run_pack(cfgs, store, report=tune.report, trial_ids=[m["id"] for m in trial["members"]],
-                 node=node, name=trial["id"])
-        return
-    run_trial(_local(trial["config"], config["study"]), store, report=tune.report,
-              trial_id=trial["id"], node=node)
+    try:
+        guards.check_probe(store, study["driver"], node)
+        guards.follow_gpu_share(study.get("gpu", 0.0), node)
+        if "members" in trial:                 # a pack: one vectorised run of its members
+            run_pack([_local(m["config"], study) for m in trial["members"]], store,
+                     report=tune.report, trial_ids=[m["id"] for m in trial["members"]],
+                     node=node, name=trial["id"])
+        else:
+            run_trial(_local(trial["config"], study), store, report=tune.report,
+                      trial_id=trial["id"], node=node)
+    except FatalTrialError as e:
+        print(f"[{trial['id']}] {e}", flush=True)
+        tune.report({"fatal": str(e)})
 
 
 def _local(d: dict, study: dict) -> TrialConfig:

@@ -19,6 +19,7 @@ ARCHS = ("auto", "conv2", "conv4", "mnist", "celeba", "yaleb")
 SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+EVAL_METRICS = ("mig", "sap", "modularity")   # analysis.metrics.SEARCHABLE: cheap per evaluation
 RUNTIME_KEYS = {"train": ("threads",)}   # how a trial runs, not what it computes
 # The keys results format 1 hashed into a trial id (all of them, defaults included);
 # frozen, so that studies written then still map their spec to their recorded ids.
@@ -115,6 +116,7 @@ class TrainConfig:
     fault_nan_epoch: int | None = None  # fault injection: poison a weight with NaN in this epoch
     precision: str = "fp32"           # fp32, or bf16 autocast of the networks' step (GPU)
     compile: bool = False             # torch.compile the VAE's forward pass
+    fault_oom_epoch: int | None = None  # fault injection: CUDA out of memory in this epoch
 
     def check(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -125,6 +127,7 @@ class TrainConfig:
         _positive("train.threads", self.threads, allow_none=True)
         _positive("train.fault_nan_epoch", self.fault_nan_epoch, allow_none=True)
         _one_of("train.precision", self.precision, PRECISIONS)
+        _positive("train.fault_oom_epoch", self.fault_oom_epoch, allow_none=True)
 
 
 @dataclass(frozen=True)
@@ -133,12 +136,15 @@ class EvalConfig:
     max_points: int = 10_000          # App. D: indicators on up to 10,000 test points
     used_threshold: float = 0.5       # App. E: a factor is used when its MI > 0.5 nats
     normal_var_tol: float = 0.1       # Fig. 5b: mean posterior variance within 0.1 of 1
-    codes_points: int = 1000          # rows of the codes table at the last evaluation
+    codes_points: int = 1000          # codes table rows at the last evaluation (docs/analysis.md)
     traversals: bool = True           # Fig. 12-16 montages at the end of the trial
     traversal_images: int = 3
+    metrics: tuple[str, ...] = ()     # disentanglement scores at each evaluation (search)
 
     def check(self) -> None:
         _positive("eval.every", self.every)
+        for m in self.metrics:
+            _one_of("eval.metrics", m, EVAL_METRICS)
         _positive("eval.max_points", self.max_points)
         if not self.used_threshold >= 0:
             raise ConfigError("eval.used_threshold", f"got {self.used_threshold}; allowed: >= 0")
@@ -260,6 +266,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if optional:
             return None
         raise ConfigError(key, f"got null; allowed: {_describe(text)}")
+    if "tuple[str" in text:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"got {value!r}; allowed: a list of names")
+        return tuple(value)
     if "tuple" in text:
         if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
             raise ConfigError(key, f"got {value!r}; allowed: a list of numbers")

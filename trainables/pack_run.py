@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import hashlib
 import math
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 from trainables import pack as packing
 from trainables.config import TrialConfig
 from trainables.store import ResultStore
-from trainables.train import (Report, Run, end_epoch, finish_completed, finish_diverged,
-                              load_splits, setup_torch, start_run)
+from trainables.train import (FatalTrialError, Report, Run, _out_of_memory, end_epoch,
+                              finish_completed, finish_diverged, load_splits, setup_torch,
+                              start_run)
 
 # members must agree on everything but these (and the fault-injection hook)
-MEMBER_KEYS = ("noise.beta", "noise.sigma2", "train.seed", "train.lr", "train.fault_nan_epoch")
+MEMBER_KEYS = ("noise.beta", "noise.sigma2", "train.seed", "train.lr", "train.fault_nan_epoch",
+               "train.fault_oom_epoch")
 
 
 @dataclass
@@ -63,7 +68,12 @@ def run_pack(cfgs: list[TrialConfig], store: ResultStore, report: Report | None 
         else:
             todo.append((cfg, tid, done))
     if todo:
-        finals.update(_train(todo, store, report, log, node, name))
+        try:
+            finals.update(_train(todo, store, report, log, node, name))
+        except torch.OutOfMemoryError as e:         # the same pack on the same GPU: fail now
+            errs = [_out_of_memory(store, tid, node or socket.gethostname(), e)
+                    for _, tid, _ in todo if store.status(tid)["state"] == "running"]
+            raise errs[0] if errs else FatalTrialError(str(e)) from None
     if report:
         report(summary(finals, finals))
     return finals
@@ -98,6 +108,8 @@ def _train(todo, store, report, log, node, name) -> dict[str, dict]:
 def _epoch(pk: packing.Pack, members: list[Member], train_x) -> list[float]:
     t0 = time.perf_counter()
     for g, m in enumerate(members):
+        if pk.active[g] and m.run.cfg.train.fault_oom_epoch == m.run.epoch + 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by train.fault_oom_epoch)")
         if pk.active[g] and m.run.cfg.train.fault_nan_epoch == m.run.epoch + 1:
             packing.poison(pk, g)                    # a real NaN through the real step
     losses = packing.train_epoch(pk, train_x).tolist()
