@@ -24,8 +24,8 @@ from trainables import pack as packing
 from trainables.config import TrialConfig
 from trainables.store import ResultStore
 from trainables.train import (FatalTrialError, Report, Run, _out_of_memory, end_epoch,
-                              finish_completed, finish_diverged, load_splits, setup_torch,
-                              start_run)
+                              finish_completed, finish_diverged, load_splits, mark_running,
+                              setup_torch, start_run)
 
 # members must agree on everything but these (and the fault-injection hook)
 MEMBER_KEYS = ("noise.beta", "noise.sigma2", "train.seed", "train.lr", "train.fault_nan_epoch",
@@ -81,11 +81,12 @@ def run_pack(cfgs: list[TrialConfig], store: ResultStore, report: Report | None 
 
 def _train(todo, store, report, log, node, name) -> dict[str, dict]:
     cfg0 = todo[0][0]
+    nodes = [mark_running(cfg, store, tid, node, done, pack=name) for cfg, tid, done in todo]
     device = setup_torch(cfg0)
     train_x, test = load_splits(cfg0, device)
     shape = tuple(train_x.shape[1:])
-    members = [Member(tid, start_run(cfg, store, tid, node, done, log, shape, device, pack=name))
-               for cfg, tid, done in todo]
+    members = [Member(tid, start_run(cfg, store, tid, n, log, shape, device))
+               for (cfg, tid, _), n in zip(todo, nodes)]
     log(f"[{name}] {len(members)} members: {', '.join(m.trial_id for m in members)}")
     pk = packing.stack([m.run for m in members])
     for g, m in enumerate(members):                  # resumed at its last epoch already

@@ -252,10 +252,19 @@ def _out_of_memory(store, trial_id, node, err) -> FatalTrialError:
 
 def _start(cfg, store, trial_id, node, done, log):
     """Mark the trial running, load its data and model, resume from its latest checkpoint."""
+    node = mark_running(cfg, store, trial_id, node, done)
     device = setup_torch(cfg)
     train_x, test = load_splits(cfg, device)
-    run = start_run(cfg, store, trial_id, node, done, log, tuple(train_x.shape[1:]), device)
+    run = start_run(cfg, store, trial_id, node, log, tuple(train_x.shape[1:]), device)
     return run, train_x, test
+
+
+def mark_running(cfg, store, trial_id, node, done, **status) -> str:
+    """The trial's status says running (and on which node) before anything can fail."""
+    node = node or socket.gethostname()
+    store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs,
+                     attempts=(done or {}).get("attempts", 0) + 1, node=node, **status)
+    return node
 
 
 def setup_torch(cfg: TrialConfig) -> torch.device:
@@ -271,11 +280,8 @@ def load_splits(cfg: TrialConfig, device: torch.device) -> tuple[torch.Tensor, d
     return splits.train.x.to(device), splits.test.to(device)
 
 
-def start_run(cfg, store, trial_id, node, done, log, shape, device, **status) -> Run:
-    """Mark the trial running, build it, resume from its latest checkpoint on storage."""
-    node = node or socket.gethostname()
-    store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs,
-                     attempts=(done or {}).get("attempts", 0) + 1, node=node, **status)
+def start_run(cfg, store, trial_id, node, log, shape, device) -> Run:
+    """Build the trial and resume it from its latest checkpoint on storage."""
     run = build(cfg, shape, device)
     run.node = node
     state = store.load_checkpoint(trial_id)
