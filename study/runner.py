@@ -134,14 +134,18 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
     log(f"results: {store.uri()}")
     t0 = time.time()
     ids = [tid for tid, _ in trials]
+    space, packs = _grid_space(spec, trials, log)
     with Lease(store, log=log):
         tuner.start_ray(address, log)
-        spec = dataclasses.replace(spec, gpu=guards.gpu_share(spec, address))
+        share = guards.gpu_share(spec, address)
+        if spec.pack and spec.gpu is None and share > 0:
+            share = 1.0                                   # a pack fills a GPU
+        spec = dataclasses.replace(spec, gpu=share)
         _write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
-                    driver_host=socket.gethostname())
+                    driver_host=socket.gethostname(), **packs)
         guards.write_probe(store)
         if scfg is None:
-            errors = fit(spec, store, _grid_space(trials))
+            errors = fit(spec, store, space)
         else:
             from study import optuna_run
 
@@ -164,7 +168,19 @@ def _write_meta(store: ResultStore, *args, **kw) -> None:
         raise UsageError(f"storage: cannot write to {store.uri()}: {_why(e)}") from None
 
 
-def _grid_space(trials: list[tuple[str, TrialConfig]]) -> dict:
+def _grid_space(spec: StudySpec, trials: list[tuple[str, TrialConfig]],
+                log=print) -> tuple[dict, dict]:
+    """Tune's grid (one entry per trial, or per pack) and, when packed, {"packs": {id: ids}}."""
     from ray import tune
 
-    return {"trial": tune.grid_search([{"id": tid, "config": c.to_dict()} for tid, c in trials])}
+    if not spec.pack or not trials:
+        return {"trial": tune.grid_search([{"id": tid, "config": c.to_dict()}
+                                           for tid, c in trials])}, {}
+    from study import packing
+
+    parts = packing.partition(trials, spec.pack)
+    log(f"packed: {packing.describe(parts)}")
+    entries = packing.pack_space(parts)
+    return ({"trial": tune.grid_search(entries)},
+            {"packs": {e["id"]: [m["id"] for m in e["members"]] for e in entries}})
+

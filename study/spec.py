@@ -25,7 +25,7 @@ from trainables.config import SECTIONS, ConfigError, TrialConfig, all_keys, nest
 from trainables.store import StoreError, check_uri
 
 STUDY_KEYS = {"name", "seeds", "resources", "max_concurrent", "failure", "storage", "search",
-              "num_samples", "description", "storage_shared"}
+              "num_samples", "description", "storage_shared", "pack"}
 LIST_VALUED = {"dataset.split"}          # keys whose single value is itself a list
 LEAVES = set(all_keys())
 
@@ -44,6 +44,7 @@ class StudySpec:
     search: dict[str, Any] | None = None
     num_samples: int | None = None
     description: str = ""
+    pack: int | str | None = None                  # members per pack (int or "auto"); None: unpacked
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def axes(self) -> dict[str, list]:
@@ -134,11 +135,12 @@ def parse(raw: dict[str, Any], search_ok: bool = True) -> StudySpec:
     search = raw.get("search")
     if search is not None and not isinstance(search, dict):
         raise UsageError(f"search: got {search!r}; allowed: a mapping such as {{optuna: {{...}}}}")
+    pack = _pack(raw.get("pack"), search)
     spec = StudySpec(name=name, trial=trial, seeds=tuple(seeds), cpu=cpu, gpu=gpu,
                      max_concurrent=mc, max_retries=retries, storage=storage, storage_shared=shared,
                      search=search,
                      num_samples=raw.get("num_samples"), description=str(raw.get("description", "")),
-                     raw=raw)
+                     pack=pack, raw=raw)
     _check_trials(spec, allow_distributions=search is not None)
     return spec
 
@@ -172,6 +174,19 @@ def trial_configs(spec: StudySpec) -> list[TrialConfig]:
         seen[tid] = flat
         configs.append(cfg)
     return configs
+
+
+def _pack(value: Any, search: Any) -> int | str | None:
+    """`pack: G` or `pack: auto`; packing is for grids, a search runs one trial per config."""
+    if value is None:
+        return None
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UsageError(f"pack: got {value!r}; allowed: an integer >= 1 (members per pack) "
+                         "or auto")
+    if search is not None:
+        raise UsageError("pack: a search runs one trial per configuration; allowed: pack with "
+                         "a grid only (drop `pack` or `search`)")
+    return None if value == 1 else value
 
 
 def _mapping(key: str, value: Any, allowed: set[str]) -> dict:

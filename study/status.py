@@ -36,6 +36,11 @@ def status_text(store: ResultStore, top: int = 5) -> str:
     counts = {k: v for k, v in count_states(store, ids).items() if v}
     lines = [f"study {store.study} at {store.uri()}: {meta.get('size', f'{len(ids)} trials')}",
              "  " + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))]
+    for pid, members in (meta.get("packs") or {}).items():
+        by = count_states(store, members)
+        lines.append(f"  pack {pid}: {len(members)} members ("
+                     + ", ".join(f"{k} {v}" for k, v in by.items() if v) + "): "
+                     + " ".join(members))
     for t in ids:
         st = states.get(t, {})
         if st.get("state") in ("failed", "diverged"):

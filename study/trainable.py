@@ -26,6 +26,7 @@ from ray import tune
 
 from study import guards
 from trainables.config import TrialConfig
+from trainables.pack_run import run_pack
 from trainables.store import ResultStore
 from trainables.train import FatalTrialError, run_trial
 
@@ -34,22 +35,29 @@ def trainable(config: dict) -> None:
     study = config["study"]
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
     store = ResultStore(study["root"], study["name"])
+    trial = config["trial"]
     try:
         guards.check_probe(store, study["driver"], node)
         guards.follow_gpu_share(study.get("gpu", 0.0), node)
-        run_trial(_config(config), store, report=tune.report, trial_id=config["trial"]["id"],
-                  node=node)
+        if "members" in trial:                 # a pack: one vectorised run of its members
+            run_pack([_local(m["config"], study) for m in trial["members"]], store,
+                     report=tune.report, trial_ids=[m["id"] for m in trial["members"]],
+                     node=node, name=trial["id"])
+        else:
+            run_trial(_local(trial["config"], study), store, report=tune.report,
+                      trial_id=trial["id"], node=node)
     except FatalTrialError as e:
-        print(f"[{config['trial']['id']}] {e}", flush=True)
+        print(f"[{trial['id']}] {e}", flush=True)
         tune.report({"fatal": str(e)})
 
 
-def _config(config: dict) -> TrialConfig:
-    cfg = TrialConfig.from_dict(config["trial"]["config"])
-    threads = cfg.train.threads or max(1, int(config["study"]["cpu"]))
+def _local(d: dict, study: dict) -> TrialConfig:
+    """The trial's config with this worker's thread count and the driver's data path."""
+    cfg = TrialConfig.from_dict(d)
+    threads = cfg.train.threads or max(1, int(study["cpu"]))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     path = cfg.dataset.path
     if path and "://" not in path and not os.path.isabs(path):   # as the driver saw it
-        path = os.path.join(config["study"].get("cwd", "."), path)
+        path = os.path.join(study.get("cwd", "."), path)
         cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=path))
     return cfg

@@ -77,11 +77,20 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
     for r in grid:
         if not r.config or "trial" not in r.config:
             continue
+        error = None
         if r.error is not None:
-            errors[r.config["trial"]["id"]] = f"{type(r.error).__name__}: {r.error}"[-2000:]
+            error = f"{type(r.error).__name__}: {r.error}"[-2000:]
         elif (r.metrics or {}).get("fatal"):           # failed at once, not retried
-            errors[r.config["trial"]["id"]] = r.metrics["fatal"]
+            error = r.metrics["fatal"]
+        if error:
+            for trial_id in member_ids(r.config["trial"]):
+                errors[trial_id] = error
     return errors
+
+
+def member_ids(trial: dict) -> list[str]:
+    """The trial ids a Tune trial stands for: its own, or its pack's members'."""
+    return [m["id"] for m in trial["members"]] if "members" in trial else [trial["id"]]
 
 
 def study_context(spec: StudySpec, store: ResultStore) -> dict:
@@ -99,10 +108,13 @@ def reporter(spec: StudySpec):
     keys = spec.axes() if spec.search is None else [
         k for k, v in spec.trial.items() if isinstance(v, dict) or _is_grid(k, v)] + ["train.seed"]
     params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1] for k in keys}
+    if spec.pack:                                 # a pack's members are in `vaestudy status`
+        params = {}
     return CLIReporter(
         parameter_columns=params, max_report_frequency=30, max_progress_rows=40,
         metric_columns={"epoch": "epoch", "evlb": "evlb", "recon_mse": "mse", "mi_xz": "mi_xz",
-                        "kl_qz_pz": "kl_qz_pz", "n_used_factors": "used"},
+                        "kl_qz_pz": "kl_qz_pz", "n_used_factors": "used", "members": "members",
+                        "finished": "finished"},
         sort_by_metric=False)
 
 

@@ -2,10 +2,16 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
+# the real MNIST test set when it is there; else the first 1,000 of its images, shipped here
+SLICE = ROOT / "tests" / "data" / "mnist"
 MNIST = Path(os.environ.get("VAESTUDY_MNIST", SHARED / "data" / "mnist"))
+GPU = torch.cuda.is_available()
+# VAESTUDY_GPU_DRY_RUN=1 runs the `gpu` tests on the CPU (bench/gpu_check.sh --cpu-dry-run)
+GPU_DRY_RUN = os.environ.get("VAESTUDY_GPU_DRY_RUN") == "1" and not GPU
 
 
 @pytest.fixture(autouse=True)
@@ -16,15 +22,24 @@ def _tune_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def mnist_dir():
-    if not (MNIST / "t10k-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"MNIST test set not found at {MNIST} (set VAESTUDY_MNIST)")
-    return MNIST
+    if (MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        return MNIST
+    return SLICE
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run whenever a GPU is visible, and are skipped (saying so) where none is."""
+    skip = pytest.mark.skip(reason="no GPU visible (torch.cuda.is_available() is false)")
+    for item in items:
+        if "gpu" in item.keywords and not (GPU or GPU_DRY_RUN):
+            item.add_marker(skip)
 
 
 def tiny(**over):
-    """A trial config small enough to train in about a second on one core."""
+    """A trial config small enough to train in about a second on one core, on the CPU
+    (results are compared exactly, and a GPU's kernels need not match the CPU's)."""
     base = {"dataset.name": "intrinsic", "dataset.n": 400, "dataset.factors": 2,
             "model.latent_dim": 4, "train.epochs": 2, "train.threads": 1,
-            "eval.traversals": False, "checkpoint.every": 1}
+            "eval.traversals": False, "checkpoint.every": 1, "train.device": "cpu"}
     base.update(over)
     return base

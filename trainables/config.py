@@ -18,6 +18,7 @@ DATASETS = ("mnist", "intrinsic", "npz", "image_folder")
 ARCHS = ("auto", "conv2", "conv4", "mnist", "celeba", "yaleb")
 SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 EVAL_METRICS = ("mig", "sap", "modularity")   # analysis.metrics.SEARCHABLE: cheap per evaluation
 RUNTIME_KEYS = {"train": ("threads",)}   # how a trial runs, not what it computes
 # The keys results format 1 hashed into a trial id (all of them, defaults included);
@@ -113,6 +114,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None        # torch threads; a Ray trial sets its CPU share
     fault_nan_epoch: int | None = None  # fault injection: poison a weight with NaN in this epoch
+    precision: str = "fp32"           # fp32, or bf16 autocast of the networks' step (GPU)
+    compile: bool = False             # torch.compile the VAE's forward pass
     fault_oom_epoch: int | None = None  # fault injection: CUDA out of memory in this epoch
 
     def check(self) -> None:
@@ -123,6 +126,7 @@ class TrainConfig:
         _one_of("train.device", self.device, DEVICES)
         _positive("train.threads", self.threads, allow_none=True)
         _positive("train.fault_nan_epoch", self.fault_nan_epoch, allow_none=True)
+        _one_of("train.precision", self.precision, PRECISIONS)
         _positive("train.fault_oom_epoch", self.fault_oom_epoch, allow_none=True)
 
 

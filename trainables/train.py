@@ -22,7 +22,7 @@ from trainables import data as datasets
 from trainables import indicators, traversal
 from trainables.config import TrialConfig
 from trainables.store import ResultStore, checkpoint_bytes, code_version
-from trainables.writer import Writer
+from trainables.writer import SyncWriter, Writer
 from trainables.vae import VAE, kl_to_prior
 
 Report = Callable[[dict], None]
@@ -46,6 +46,7 @@ class Run:
     flushed: int = 0                       # last epoch whose rows are on storage
     node: str = ""                         # where it runs: host, or the Ray node
     last_mi: torch.Tensor | None = None    # per-factor MI of the last evaluation
+    writer: Writer | SyncWriter = field(default_factory=SyncWriter)   # store writes go here
 
 
 class FatalTrialError(RuntimeError):
@@ -55,15 +56,25 @@ class FatalTrialError(RuntimeError):
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device: cuda requested but no GPU is visible")
+    if name == "cuda" and torch.cuda.get_device_capability()[0] >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True     # Ampere and newer: TF32 matmuls
+        torch.backends.cudnn.allow_tf32 = True           # and convolutions
     return torch.device(name)
+
+
+def autocast(cfg: TrialConfig, device: torch.device):
+    """bf16 autocast of the training step when train.precision is bf16; a no-op for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
 
 
 def build(cfg: TrialConfig, shape: tuple[int, int, int], device: torch.device) -> Run:
     torch.manual_seed(cfg.train.seed)                                   # weight init
     vae = VAE(shape, cfg).to(device)
+    if cfg.train.compile:
+        vae.compile()                                                   # forward only; same keys
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)           # App. D
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)    # batches and eps
     return Run(cfg, vae, opt, gen, device)
@@ -78,7 +89,8 @@ def train_epoch(run: Run, x: torch.Tensor) -> float:
     for i in range(0, x.shape[0], B):
         xb = x[perm[i:i + B]]                                           # [B, C, H, W]
         eps = torch.randn(xb.shape[0], H, generator=run.gen, device=run.device)
-        loss, xhat = vae.loss(xb, eps)
+        with autocast(run.cfg, run.device):
+            loss, xhat = vae.loss(xb, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -158,15 +170,25 @@ def state_dict(run: Run) -> dict:
 def load_state(run: Run, state: dict) -> None:
     run.vae.load_state_dict(state["vae"])
     run.opt.load_state_dict(state["opt"])
-    run.gen.set_state(state["gen"])
     run.epoch, run.wall = int(state["epoch"]), float(state["wall"])
+    set_generator(run, state["gen"])
     run.flushed = run.epoch
 
 
-def flush(run: Run, store: ResultStore, trial_id: str, writer: Writer) -> None:
-    """Hand the rows buffered since the last flush to the writer as one segment."""
+def set_generator(run: Run, gen_state: torch.Tensor) -> None:
+    """Restore the batch/noise generator; a state saved on another kind of device (a CPU
+    trial resumed on a GPU, or back) cannot be, so the generator is reseeded from
+    (seed, epoch): the run goes on, on another but still deterministic stream."""
+    if gen_state.numel() == run.gen.get_state().numel():
+        run.gen.set_state(gen_state)
+    else:
+        run.gen.manual_seed(run.cfg.train.seed * 1_000_003 + int(run.epoch))
+
+
+def flush(run: Run, store: ResultStore, trial_id: str) -> None:
+    """Hand the rows buffered since the last flush to the run's writer as one segment."""
     if any(run.rows.values()):
-        writer.submit(store.write_segment, trial_id, run.rows, run.flushed + 1, run.epoch)
+        run.writer.submit(store.write_segment, trial_id, run.rows, run.flushed + 1, run.epoch)
     run.rows = {"trials": [], "factors": [], "codes": []}
     run.flushed = run.epoch
 
@@ -187,32 +209,40 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
         return final
     try:
         run, train_x, test = _start(cfg, store, trial_id, node, done, log)
-        with Writer() as writer:                 # store writes run beside training
-            return _train(run, store, writer, trial_id, train_x, test, report, log)
+        with Writer() as run.writer:             # store writes run beside training
+            return _train(run, store, trial_id, train_x, test, report, log)
     except torch.OutOfMemoryError as e:
         raise _out_of_memory(store, trial_id, node or socket.gethostname(), e) from None
 
 
-def _train(run, store, writer, trial_id, train_x, test, report, log) -> dict:
+def _train(run, store, trial_id, train_x, test, report, log) -> dict:
     """Epochs from the run's epoch to the end: evaluate, flush, checkpoint, report."""
     cfg, last = run.cfg, {}
     while run.epoch < cfg.train.epochs:
         loss = _timed_epoch(run, train_x)
         if not math.isfinite(loss) or not _finite_params(run):
-            return _diverged(run, store, writer, trial_id, loss, last, log)
-        evaluated = run.epoch % cfg.eval.every == 0 or run.epoch == cfg.train.epochs
-        if evaluated:
-            last = _evaluate_and_buffer(run, store.study, trial_id, loss, test)
-        checkpoint = run.epoch % cfg.checkpoint.every == 0 or run.epoch == cfg.train.epochs
-        if evaluated or checkpoint:          # rows reach storage before anyone sees them
-            flush(run, store, trial_id, writer)
-        if checkpoint:                       # serialised here, uploaded by the writer
-            writer.submit(store.save_checkpoint, trial_id, run.epoch,
-                          checkpoint_bytes(state_dict(run)), cfg.checkpoint.keep)
+            return finish_diverged(run, store, trial_id, loss, last, log)
+        last, evaluated = end_epoch(run, store, trial_id, loss, test, last)
         if evaluated and report and run.epoch < cfg.train.epochs:
-            writer.flush()                   # a scheduler may stop the trial at this report
+            run.writer.flush()               # a scheduler may stop the trial at this report
             report(last)                    # the last epoch is reported once the trial is done
-    return _completed(run, store, writer, trial_id, test, last, report)
+    return finish_completed(run, store, trial_id, test, last, report)
+
+
+def end_epoch(run: Run, store: ResultStore, trial_id: str, loss: float, test: datasets.Data,
+              last: dict) -> tuple[dict, bool]:
+    """Evaluate, flush and checkpoint at their cadence; returns (last metrics, evaluated)."""
+    cfg = run.cfg
+    evaluated = run.epoch % cfg.eval.every == 0 or run.epoch == cfg.train.epochs
+    if evaluated:
+        last = _evaluate_and_buffer(run, store.study, trial_id, loss, test)
+    checkpoint = run.epoch % cfg.checkpoint.every == 0 or run.epoch == cfg.train.epochs
+    if evaluated or checkpoint:              # rows reach storage before anyone sees them
+        flush(run, store, trial_id)
+    if checkpoint:                           # serialised here, uploaded by the writer
+        run.writer.submit(store.save_checkpoint, trial_id, run.epoch,
+                          checkpoint_bytes(state_dict(run)), cfg.checkpoint.keep)
+    return last, evaluated
 
 
 def _out_of_memory(store, trial_id, node, err) -> FatalTrialError:
@@ -228,24 +258,48 @@ def _out_of_memory(store, trial_id, node, err) -> FatalTrialError:
 
 def _start(cfg, store, trial_id, node, done, log):
     """Mark the trial running, load its data and model, resume from its latest checkpoint."""
+    node = mark_running(cfg, store, trial_id, node, done)
+    device = setup_torch(cfg)
+    train_x, test = load_splits(cfg, device)
+    run = start_run(cfg, store, trial_id, node, log, tuple(train_x.shape[1:]), device,
+                    fresh=done is None)
+    return run, train_x, test
+
+
+def mark_running(cfg, store, trial_id, node, done, **status) -> str:
+    """The trial's status says running (and on which node) before anything can fail."""
     node = node or socket.gethostname()
     store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs,
-                     attempts=(done or {}).get("attempts", 0) + 1, node=node)
+                     attempts=(done or {}).get("attempts", 0) + 1, node=node, **status)
+    return node
+
+
+def setup_torch(cfg: TrialConfig) -> torch.device:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    return pick_device(cfg.train.device)
+
+
+def load_splits(cfg: TrialConfig, device: torch.device) -> tuple[torch.Tensor, datasets.Data]:
+    """(training images on the device, the test split on the device)."""
     data = datasets.load(cfg.dataset)
     splits = datasets.split(data, cfg.dataset.split, cfg.dataset.split_seed)
-    run = build(cfg, tuple(data.x.shape[1:]), device)
+    return splits.train.x.to(device), splits.test.to(device)
+
+
+def start_run(cfg, store, trial_id, node, log, shape, device, fresh: bool = False) -> Run:
+    """Build the trial and resume it from its latest checkpoint on storage; a `fresh` trial
+    (no status file before this start) has no rows or checkpoints to look for."""
+    run = build(cfg, shape, device)
     run.node = node
-    if done is None:                    # first start: no status file, so no rows or checkpoints
-        return run, splits.train.x.to(device), splits.test.to(device)
+    if fresh:
+        return run
     state = store.load_checkpoint(trial_id)
     if state is not None:
         load_state(run, state)
         log(f"[{trial_id}] resuming after epoch {run.epoch} from its checkpoint")
     store.rollback(trial_id, run.epoch)                 # rows after it are recomputed
-    return run, splits.train.x.to(device), splits.test.to(device)
+    return run
 
 
 def _timed_epoch(run: Run, train_x: torch.Tensor) -> float:
@@ -262,20 +316,20 @@ def _timed_epoch(run: Run, train_x: torch.Tensor) -> float:
     return loss
 
 
-def _diverged(run, store, writer, trial_id, loss, last, log) -> dict:
+def finish_diverged(run, store, trial_id, loss, last, log) -> dict:
     """End the trial as diverged; its rows up to the last good evaluation stay."""
     log(f"[{trial_id}] diverged at epoch {run.epoch} (loss {loss}); keeping the last good "
         "evaluation")
     run.epoch -= 1
-    flush(run, store, trial_id, writer)
-    writer.flush()
+    flush(run, store, trial_id)
+    run.writer.flush()
     last = last or last_metrics(store, trial_id)
     store.finish(trial_id, "diverged", error=f"non-finite loss at epoch {run.epoch + 1}",
                  final=last)
     return last
 
 
-def _completed(run, store, writer, trial_id, test, last, report) -> dict:
+def finish_completed(run, store, trial_id, test, last, report) -> dict:
     """Traversals, merged files, the completed state; then the final report."""
     cfg = run.cfg
     if cfg.eval.traversals:
@@ -283,8 +337,8 @@ def _completed(run, store, writer, trial_id, test, last, report) -> dict:
             evaluate(run, test)["indicators"].factors["mi"]  # resumed at the end: recompute
         factors = traversal.pick_factors(mi, cfg.eval.used_threshold)
         png = traversal.montage(run.vae, test.x[:cfg.eval.traversal_images], factors)
-        writer.submit(store.write_bytes, store.path("traversals", f"{trial_id}.png"), png)
-    writer.flush()                           # every row and checkpoint before the end state
+        run.writer.submit(store.write_bytes, store.path("traversals", f"{trial_id}.png"), png)
+    run.writer.flush()                           # every row and checkpoint before the end state
     last = last or last_metrics(store, trial_id)
     store.finish(trial_id, "completed", final=last)
     if report and last:                     # after finish: a scheduler may stop us here

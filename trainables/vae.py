@@ -32,11 +32,15 @@ class VAE(nn.Module):
         kl = kl_to_prior(mu, logvar).sum(1)               # [B]
         return xhat, kl
 
-    def loss(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Negative beta-ELBO (Eq. 11) averaged over the minibatch, and G(z) for updates."""
+    def loss(self, x: torch.Tensor, eps: torch.Tensor,
+             beta: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative beta-ELBO (Eq. 11) averaged over the minibatch, and G(z) for updates.
+
+        `beta` overrides the configured one (a pack passes each member's as a tensor)."""
+        beta = self.beta if beta is None else beta
         xhat, kl = self(x, eps)
-        rec = self.noise.train_log_lik(x, xhat)           # [B]
-        return (self.beta * kl - rec).mean(), xhat
+        rec = self.noise.train_log_lik(x, xhat.to(x.dtype))   # [B]; noise math at x's precision
+        return (beta * kl.to(x.dtype) - rec).mean(), xhat
 
     @torch.no_grad()
     def evlb_terms(self, x: torch.Tensor, eps: torch.Tensor):

@@ -60,3 +60,14 @@ class Writer:
     def _raise(self) -> None:
         if self.error is not None:
             raise self.error
+
+
+class SyncWriter:
+    """The same interface, writing at once on the calling thread (a pack's members, whose
+    writes are interleaved with other members' steps by the pack's own loop)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        fn(*args)
+
+    def flush(self) -> None:
+        pass

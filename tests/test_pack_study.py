@@ -1,0 +1,69 @@
+"""`pack:` in a grid spec: partition, refusals, and a packed study on a real local Ray."""
+import pytest
+
+from study.inputs import UsageError
+from study.packing import partition
+from study.spec import parse, trial_configs
+
+BASE = {"name": "packed", "dataset": {"name": "intrinsic", "n": 300, "factors": 2},
+        "model": {"latent_dim": 3}, "train": {"epochs": 2, "device": "cpu"},
+        "eval": {"traversals": False}, "seeds": [0, 1]}
+
+
+def test_the_grid_is_cut_into_packs_of_members_that_share_their_shape():
+    spec = parse({**BASE, "pack": 3, "noise": {"kind": ["specified", "learned"],
+                                               "sigma2": [0.01, 0.1, 0.2]}})
+    packs = partition(_trials(spec), spec.pack)
+    assert sorted(len(p) for p in packs) == [3, 3, 3, 3]          # 2 kinds x 6, at most 3
+    for p in packs:
+        assert len({c.noise.kind for _, c in p}) == 1
+    assert sorted(tid for p in packs for tid, _ in p) == sorted(tid for tid, _ in _trials(spec))
+    auto = partition(_trials(spec), "auto")
+    assert sorted(len(p) for p in auto) == [6, 6]
+    five = parse({**BASE, "pack": 4, "noise": {"sigma2": [0.01, 0.1, 0.2, 0.3, 0.4]}})
+    assert sorted(len(p) for p in partition(_trials(five), 4)) == [3, 3, 4]  # balanced
+
+
+def _trials(spec):
+    return [(c.trial_id(), c) for c in trial_configs(spec)]
+
+
+@pytest.mark.parametrize("extra,msg", [
+    ({"pack": 0}, "pack: got 0; allowed: an integer >= 1"),
+    ({"pack": "many"}, "pack: got 'many'"),
+    ({"pack": 4, "search": {"optuna": {}}, "num_samples": 4,
+      "noise": {"beta": {"loguniform": [0.1, 2]}}}, "pack: a search runs one trial per"),
+])
+def test_bad_pack_values_are_refused_naming_the_key(extra, msg):
+    with pytest.raises(UsageError, match=msg):
+        parse({**BASE, **extra})
+
+
+@pytest.mark.slow
+def test_a_packed_study_stores_ordinary_trials(tmp_path):
+    pytest.importorskip("ray")
+    import polars as pl
+    import ray
+
+    from study import runner
+    from study.status import status_text
+    from trainables.store import ResultStore
+
+    raw = {**BASE, "pack": "auto", "noise": {"sigma2": [0.01, 0.1]}, "resources": {"cpu": 2}}
+    try:
+        out = runner.run(parse(raw), str(tmp_path))
+        assert out.counts["completed"] == 4
+        store = ResultStore(str(tmp_path), "packed")
+        meta = store.read_json(store.path("study.json"))
+        [(pid, members)] = meta["packs"].items()
+        assert sorted(members) == sorted(t["id"] for t in meta["trials"]) and pid.startswith("p")
+        trials = pl.read_parquet(store.glob("trials"))
+        assert trials.height == 8 and trials.n_unique(["trial_id", "epoch"]) == 8
+        assert all(s["pack"] == pid and s["attempts"] == 1 for s in store.all_status())
+        assert f"pack {pid}: 4 members (completed 4)" in status_text(store)
+        runner.run(parse(raw), str(tmp_path), resume=True)           # finished: nothing rerun
+        assert all(s["attempts"] == 1 for s in store.all_status())
+        assert pl.read_parquet(store.glob("trials")).sort("trial_id", "epoch").equals(
+            trials.sort("trial_id", "epoch"))
+    finally:
+        ray.shutdown()

@@ -1,0 +1,226 @@
+"""Packed training: G trials of one shape trained in one vectorised step (torch.func).
+
+Members share the data, architecture, latent size, batch size and noise kind; they
+differ in beta, sigma2, seed and learning rate. Each member is an ordinary `Run`
+built by `train.build`, so its initial weights, its generator (batch order and
+noise eps) and its checkpoint format are exactly those of the unpacked trial.
+While training, the members' weights, noise parameters and Adam moments live as
+slices g of stacked tensors [G, ...] (`torch.func.stack_module_state`), and one
+step is `vmap` over members of `functional_call` on a template VAE on the meta
+device: the same `VAE.loss` (Eq. 11) and the same noise models' updates
+(App. A.1 closed form after the step, App. A.2 EM inside it), on each member's
+own residuals. Adam is written over the stacked tensors because members have
+their own learning rates and, once resumed at different epochs, their own step
+counts. A member that is not `active` (diverged, finished) is masked out of the
+loss and of every update. `sync(pack, g)` copies member g back into its `Run`
+(weights, noise, Adam state in torch.optim.Adam's format) for evaluation and
+checkpoints, so everything after a step is the unpacked trial's own code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from trainables.noise import NoiseModel
+from trainables.train import Run, autocast
+from trainables.vae import VAE
+
+BETAS, EPS = (0.9, 0.999), 1e-8           # torch.optim.Adam's defaults, as `train.build` uses
+
+
+class _Method(nn.Module):
+    """Calls `fn(vae, *args)` as forward, so functional_call can swap in a member's state."""
+
+    def __init__(self, vae: VAE, fn):
+        super().__init__()
+        self.vae, self.fn = vae, fn
+
+    def forward(self, *args):
+        return self.fn(self.vae, *args)
+
+
+def _loss(vae: VAE, x, eps, beta):
+    return vae.loss(x, eps, beta)                       # Eq. 11 with this member's beta
+
+
+def _after_step(vae: VAE, x, xhat):
+    vae.noise.after_step(x, xhat)                       # App. A.1: updates its buffer in place
+    return x.new_zeros(())
+
+
+@dataclass
+class Pack:
+    runs: list[Run]
+    params: dict[str, torch.Tensor]      # name -> [G, ...] leaf tensors with grads
+    buffers: dict[str, torch.Tensor]     # name -> [G, ...] noise parameters updated in place
+    m: dict[str, torch.Tensor]           # Adam's first moments [G, ...]
+    v: dict[str, torch.Tensor]           # Adam's second moments [G, ...]
+    steps: torch.Tensor                  # [G] Adam steps taken (float64)
+    lr: torch.Tensor                     # [G] (float64)
+    beta: torch.Tensor                   # [G] weight of the KL term
+    active: list[bool]
+    loss_fn: object = None               # vmapped (possibly compiled) member loss
+    after_fn: object = None              # vmapped noise update after the step, or None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _active_t: torch.Tensor | None = None
+    _active_key: tuple | None = None
+
+    @property
+    def G(self) -> int:
+        return len(self.runs)
+
+
+def stack(runs: list[Run]) -> Pack:
+    """Stack the members' state; each run keeps its own generator for batches and eps."""
+    vaes = [r.vae for r in runs]
+    params, buffers = stack_module_state(vaes)
+    names = [n for n, _ in vaes[0].named_parameters()]
+    m, v, steps = {}, {}, []
+    for r in runs:                               # Adam's state of a resumed member, else zeros
+        st = [r.opt.state.get(p, {}) for p in r.vae.parameters()]
+        steps.append(float(st[0]["step"]) if st and "step" in st[0] else 0.0)
+    for i, n in enumerate(names):
+        m[n] = torch.stack([_moment(r, i, "exp_avg") for r in runs])
+        v[n] = torch.stack([_moment(r, i, "exp_avg_sq") for r in runs])
+    dev, dt = runs[0].device, params[names[0]].dtype
+    cfg = runs[0].cfg
+    pack = Pack(runs, params, buffers, m, v,
+                steps=torch.tensor(steps, dtype=torch.float64, device=dev),
+                lr=torch.tensor([r.cfg.train.lr for r in runs], dtype=torch.float64, device=dev),
+                beta=torch.tensor([r.cfg.noise.beta for r in runs], dtype=dt, device=dev),
+                active=[True] * len(runs), device=dev)
+    with torch.device("meta"):
+        template = VAE(runs[0].vae.shape, cfg)
+    loss_fn = vmap(lambda p, b, x, e, beta: functional_call(_Method(template, _loss),
+                                                           _prefix(p, b), (x, e, beta)))
+    pack.loss_fn = torch.compile(loss_fn) if cfg.train.compile else loss_fn
+    if _updates_after_step(template.noise):
+        pack.after_fn = vmap(lambda b, x, xh: functional_call(_Method(template, _after_step),
+                                                             _prefix({}, b), (x, xh)))
+    return pack
+
+
+def _moment(run: Run, i: int, key: str) -> torch.Tensor:
+    p = list(run.vae.parameters())[i]
+    st = run.opt.state.get(p, {})
+    return st[key].detach().clone() if key in st else torch.zeros_like(p.detach())
+
+
+def _prefix(params: dict, buffers: dict) -> dict:
+    return {**{f"vae.{k}": t for k, t in params.items()},
+            **{f"vae.{k}": t for k, t in buffers.items()}}
+
+
+def _updates_after_step(noise: NoiseModel) -> bool:
+    return type(noise).after_step is not NoiseModel.after_step and \
+        not getattr(noise, "gradient", False)
+
+
+def train_epoch(pack: Pack, x: torch.Tensor) -> torch.Tensor:
+    """One pass over the shared training tensor; each member its own order. Returns [G] mean losses."""
+    N, B = x.shape[0], pack.runs[0].cfg.train.batch_size
+    H = pack.runs[0].cfg.model.latent_dim
+    idle = torch.arange(N, device=pack.device)
+    perms = torch.stack([torch.randperm(N, generator=r.gen, device=pack.device) if a else idle
+                         for r, a in zip(pack.runs, pack.active)])                  # [G, N]
+    total = torch.zeros(pack.G, dtype=torch.float64, device=pack.device)
+    for i in range(0, N, B):
+        xb = x[perms[:, i:i + B]]                                                   # [G, B, C, H, W]
+        b = xb.shape[1]
+        eps = torch.stack([torch.randn(b, H, generator=r.gen, device=pack.device)
+                           if a else torch.zeros(b, H, device=pack.device)
+                           for r, a in zip(pack.runs, pack.active)])                # [G, B, H]
+        total += step(pack, xb, eps).double() * b
+    return total / N
+
+
+def step(pack: Pack, xb: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """One SGVB step of every active member: [G, B, ...] batches -> [G] losses."""
+    masked = not all(pack.active)
+    saved = {k: b.clone() for k, b in pack.buffers.items()} if masked else None
+    for p in pack.params.values():
+        p.grad = None
+    with autocast(pack.runs[0].cfg, pack.device):
+        loss, xhat = pack.loss_fn(pack.params, pack.buffers, xb, eps, pack.beta)   # [G], [G, B, ...]
+    objective = torch.where(_mask(pack, loss), loss, 0.0) if masked else loss
+    objective.sum().backward()                    # members are independent: grad g = d loss_g
+    adam(pack)
+    if pack.after_fn is not None:
+        with torch.no_grad():
+            pack.after_fn(pack.buffers, xb, xhat.detach().to(xb.dtype))
+    if saved is not None:                          # EM inside the loss ran for every member
+        with torch.no_grad():
+            for k, b in pack.buffers.items():
+                b.copy_(torch.where(_mask(pack, b), b, saved[k]))
+    return loss.detach()
+
+
+def _mask(pack: Pack, like: torch.Tensor) -> torch.Tensor:
+    """The active members as a bool tensor shaped to broadcast against `like` [G, ...]."""
+    return _active(pack).view(-1, *([1] * (like.dim() - 1)))
+
+
+def _active(pack: Pack) -> torch.Tensor:
+    """`pack.active` on the device [G], copied only when it changes (not every step)."""
+    key = tuple(pack.active)
+    if pack._active_key != key:
+        pack._active_t, pack._active_key = torch.tensor(key, device=pack.device), key
+    return pack._active_t
+
+
+@torch.no_grad()
+def adam(pack: Pack) -> None:
+    """torch.optim.Adam's update (no weight decay, no amsgrad) with per-member lr and step."""
+    b1, b2 = BETAS
+    act = _active(pack)
+    pack.steps += act.double()
+    s = pack.steps.clamp_min(1.0)
+    step_size = pack.lr / (1 - b1 ** s)                                             # [G]
+    bc2_sqrt = (1 - b2 ** s).sqrt()                                                 # [G]
+    masked = not all(pack.active)
+    for n, p in pack.params.items():
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        g = p.grad
+        if masked:
+            g = torch.where(act.view(shape), g, 0.0)
+        m_new = pack.m[n].lerp(g, 1 - b1)
+        v_new = pack.v[n].mul(b2).addcmul_(g, g, value=1 - b2)
+        denom = (v_new.sqrt() / bc2_sqrt.view(shape).to(p.dtype)).add_(EPS)
+        p_new = p - m_new / denom * step_size.view(shape).to(p.dtype)
+        if masked:
+            keep = act.view(shape)
+            m_new, v_new = torch.where(keep, m_new, pack.m[n]), torch.where(keep, v_new, pack.v[n])
+            p_new = torch.where(keep, p_new, p)
+        pack.m[n].copy_(m_new)
+        pack.v[n].copy_(v_new)
+        p.copy_(p_new)
+
+
+def finite(pack: Pack) -> list[bool]:
+    """Per member: every weight finite."""
+    ok = torch.stack([p.detach().flatten(1).isfinite().all(1) for p in pack.params.values()])
+    return ok.all(0).tolist()
+
+
+@torch.no_grad()
+def poison(pack: Pack, g: int) -> None:
+    """Fault injection: member g's first weight becomes NaN (as `train._timed_epoch` does)."""
+    next(iter(pack.params.values()))[g].view(-1)[0] = float("nan")
+
+
+@torch.no_grad()
+def sync(pack: Pack, g: int) -> Run:
+    """Member g's weights, noise parameters and Adam state back into its own Run."""
+    run = pack.runs[g]
+    for n, p in run.vae.named_parameters():
+        p.copy_(pack.params[n][g])
+        if pack.steps[g] > 0:
+            run.opt.state[p] = {"step": torch.tensor(float(pack.steps[g])),
+                                "exp_avg": pack.m[n][g].clone(),
+                                "exp_avg_sq": pack.v[n][g].clone()}
+    for n, b in run.vae.named_buffers():
+        b.copy_(pack.buffers[n][g])
+    return run
