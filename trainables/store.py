@@ -54,6 +54,9 @@ SCHEMAS = {
         ("latent_dim", i64), ("seed", i64), ("evlb", f64), ("recon_mse", f64),
         ("kl_post_prior", f64), ("mi_xz", f64), ("kl_qz_pz", f64), ("kl_qstar_pz", f64),
         ("n_used_factors", i64), ("n_normal_variance_factors", i64), ("train_loss", f64),
+        # added with format 3 (older files read them as null):
+        ("mi_xz_est", f64), ("kl_qz_pz_est", f64), ("tc_est", f64),
+        ("equivalent_sigma2_arith", f64), ("pi_at_floor", f64), ("normal_var_tol", f64),
         ("noise_pi", pa.list_(f64)), ("noise_sigma2_k", pa.list_(f64)),
         ("eval_points", i64), ("used_threshold", f64), ("var_floor", f64),
         ("true_factors", i64), ("config", s), ("code_version", s), ("host", s), ("node", s),
