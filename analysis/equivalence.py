@@ -37,15 +37,16 @@ HIGGINS_SCHEMA = {"trial_id": pl.String, "config_key": pl.String, "seed": pl.Int
 
 
 def used_factors(factors: pl.LazyFrame) -> pl.LazyFrame:
-    """(trial_id, epoch, used: list of used factor indices) from the last-epoch factors."""
-    return (factors.filter(pl.col("used")).group_by("trial_id", "epoch")
+    """(trial_id, epoch, used: list of used factor indices) from the factors table."""
+    return (factors.filter(pl.col("used")).unique(["trial_id", "epoch", "factor"])
+            .group_by("trial_id", "epoch")
             .agg(pl.col("factor").sort().alias("used_idx")))
 
 
-def trial_codes(trials: pl.LazyFrame, factors: pl.LazyFrame, codes: pl.LazyFrame) -> pl.DataFrame:
-    """Per usable trial with codes at its last epoch: config, seed, used indices, mu, truth."""
-    meta = trials.filter(pl.col("state").is_in(load.USABLE)).select(
-        "trial_id", "epoch", "config_key", "seed", "true_factors")
+def trial_codes(rows: pl.LazyFrame, factors: pl.LazyFrame, codes: pl.LazyFrame) -> pl.DataFrame:
+    """Per counted trial (`load.counted`) with codes at its epoch: config, seed, used
+    indices, mu, truth."""
+    meta = rows.select("trial_id", "epoch", "config_key", "seed", "true_factors")
     per_trial = codes.sort("point").group_by("trial_id", "epoch").agg("index", "mu", "truth")
     return (meta.join(per_trial, on=["trial_id", "epoch"], how="inner")
             .join(used_factors(factors), on=["trial_id", "epoch"], how="left")
@@ -192,7 +193,7 @@ def _score_trial(job: tuple) -> dict | None:
             "rotated": out["rotated"]}
 
 
-def higgins_table(root: str, study: str, trials: pl.LazyFrame, factors: pl.LazyFrame,
+def higgins_table(root: str, study: str, rows: pl.LazyFrame, factors: pl.LazyFrame,
                   seed: int = 0, rotations: int = 10, setting: str = "fast",
                   workers: int | None = None, progress: bool = False,
                   **hparams) -> pl.DataFrame:
@@ -208,7 +209,7 @@ def higgins_table(root: str, study: str, trials: pl.LazyFrame, factors: pl.LazyF
 
     from analysis.higgins import SETTINGS
     hp = {**SETTINGS[setting], **hparams}
-    meta = (trials.filter(pl.col("state").is_in(load.USABLE) & (pl.col("dataset") == "intrinsic"))
+    meta = (rows.filter(pl.col("dataset") == "intrinsic")
             .join(used_factors(factors), on=["trial_id", "epoch"], how="left")
             .select("trial_id", "config_key", "seed", "true_factors", "config", "used_idx")
             .sort("config_key", "seed").collect())
@@ -231,9 +232,13 @@ def _stats(expr: pl.Expr, name: str) -> list[pl.Expr]:
 
 
 def higgins_spread(table: pl.DataFrame) -> pl.DataFrame:
-    """Per configuration: the metric's spread across seeds and across rotations (App. C)."""
+    """Per configuration: the metric's spread across seeds (mean with a 95% t-interval,
+    train accuracy beside it) and across rotations (App. C)."""
     rotated = pl.col("rotated").list.explode(keep_nulls=False, empty_as_null=False)
-    return (table.group_by("config_key")
-            .agg(pl.len().alias("seeds"), *_stats(pl.col("higgins"), "seeds"),
-                 *_stats(rotated, "rotations"))
-            .sort("config_key"))
+    out = (table.group_by("config_key")
+           .agg(pl.len().alias("n"), pl.col("setting").first(),
+                pl.col("train_accuracy").mean().alias("train_accuracy_mean"),
+                *_stats(pl.col("higgins"), "seeds"), *_stats(rotated, "rotations"))
+           .sort("config_key"))
+    return out.with_columns(stats.half_width(pl.col("seeds_std"), pl.col("n"))
+                            .alias("seeds_half"))
