@@ -196,11 +196,12 @@ def _score_trial(job: tuple) -> dict | None:
 def higgins_table(root: str, study: str, rows: pl.LazyFrame, factors: pl.LazyFrame,
                   seed: int = 0, rotations: int = 10, setting: str = "fast",
                   workers: int | None = None, progress: bool = False,
-                  **hparams) -> pl.DataFrame:
+                  seeds_per_config: int | None = None, **hparams) -> pl.DataFrame:
     """Per intrinsic-data trial: the Higgins metric (`higgins`: eval accuracy; and the train
     accuracy) in the named setting of `analysis.higgins.SETTINGS`, and its eval accuracy
     under random rotations of the trial's used factors (App. C). Trials are scored in
-    parallel worker processes; trials without a checkpoint are left out."""
+    parallel worker processes; trials without a checkpoint are left out; with
+    `seeds_per_config`, only the lowest that many seeds of each configuration."""
     import os
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -213,6 +214,8 @@ def higgins_table(root: str, study: str, rows: pl.LazyFrame, factors: pl.LazyFra
             .join(used_factors(factors), on=["trial_id", "epoch"], how="left")
             .select("trial_id", "config_key", "seed", "true_factors", "config", "used_idx")
             .sort("config_key", "seed").collect())
+    if seeds_per_config is not None:
+        meta = meta.group_by("config_key", maintain_order=True).head(seeds_per_config)
     jobs = [(root, study, t, seed, rotations, hp) for t in meta.iter_rows(named=True)]
     workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
     bar = dict(total=len(jobs), desc=f"Higgins metric ({setting})", disable=not progress,

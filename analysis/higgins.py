@@ -12,8 +12,8 @@ H = 2 and a 45-degree Q both classes give the same features (chance level).
 The signature and defaults are disentanglement_lib's (`beta_vae.compute_beta_vae_sklearn`):
 `compute_higgins(truth, representation_fn, random_state, batch_size=64,
 num_train=10000, num_eval=5000) -> {"train_accuracy", "eval_accuracy", "rotated"}`.
-That setting encodes 2 x 64 x 15,000 = 1.9 M images per trial; `FAST` is the
-report's default and its numbers are not comparable with published ones.
+That setting encodes 2 x 64 x 15,000 = 1.9 M images per trial; `FAST` (3,200 images)
+is the report's default and its numbers are not comparable with published ones.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from analysis.align import random_rotation
 Representation = Callable[[np.ndarray], np.ndarray]     # observations [N, ...] -> codes [N, H]
 
 PUBLISHED = {"batch_size": 64, "num_train": 10000, "num_eval": 5000}   # disentanglement_lib
-FAST = {"batch_size": 16, "num_train": 300, "num_eval": 200}          # the report's default
+FAST = {"batch_size": 8, "num_train": 120, "num_eval": 80}            # the report's default
 SETTINGS = {"fast": FAST, "published": PUBLISHED}
 
 

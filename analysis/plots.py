@@ -217,7 +217,8 @@ def plot_higgins(table: pl.DataFrame, labels: dict[str, str], ax: Axes,
             ax.boxplot([rot], positions=[i], widths=0.5, showfliers=False)
         ax.scatter(np.full(g.height, i) + 0.12, g["higgins"].to_numpy(), color="C3", s=25,
                    zorder=3)
-    P = int(table["true_factors"].drop_nulls()[0])
+    known = table["true_factors"].drop_nulls()
+    P = int(known[0]) if known.len() else 1
     ax.axhline(1 / P, color="k", ls="--", lw=1)
     handles = [Patch(facecolor="none", edgecolor="k", label="random rotations of the used factors"),
                Line2D([], [], ls="", marker="o", color="C3", label="trained model, one per seed"),

@@ -128,6 +128,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         studies.append((root, store.study))
     opts = Options(threshold=args.threshold, include_running=args.include_running,
                    trial=args.trial, higgins=higgins, rotations=args.rotations,
+                   higgins_seeds=args.higgins_seeds or None,
                    workers=args.workers, trial_pages=not args.no_trial_pages,
                    progress=not args.quiet)
     for root, name in studies:
@@ -197,6 +198,8 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-higgins", action="store_true", help="same as --higgins none")
     rp.add_argument("--rotations", type=int, default=10,
                     help="random rotations per trial for App. C (default 10)")
+    rp.add_argument("--higgins-seeds", type=int, default=3,
+                    help="score the lowest K seeds of each configuration (default 3; 0: all)")
     rp.add_argument("--workers", type=int, default=None,
                     help="processes scoring trials (default: the CPU count)")
     rp.add_argument("--no-trial-pages", action="store_true", help="skip pages/<trial>.html")
