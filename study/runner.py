@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass
 
 from study.inputs import UsageError
+from study.provenance import now_iso
 from study.spec import StudySpec, _is_grid, trial_configs
 from study.status import count_states
 from trainables.config import TrialConfig
-from trainables.store import ResultStore, StoreError, code_version
+from trainables.store import ResultStore, StoreError
 
 
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"   # "0": a node's address stays 127.0.0.1
@@ -88,14 +89,12 @@ def check_data(configs: list[TrialConfig]) -> None:
 def write_meta(store: ResultStore, spec: StudySpec, trial_ids: list[str], **extra) -> None:
     path = store.path("study.json")
     old = store.read_json(path) if store.exists(path) else {}
-    import ray
-    import torch
+    from study.provenance import command, now_iso, versions
 
     meta = {**old, "name": spec.name, "spec": spec.raw, "spec_json": spec.to_json(),
             "size": spec.size_line(), "trials": trial_ids or old.get("trials", []),
-            "versions": {"vaestudy": code_version(), "ray": ray.__version__,
-                         "torch": torch.__version__},
-            "started": old.get("started", time.time()), **extra}
+            "versions": versions(), "command": command(),
+            "started": old.get("started", now_iso()), **extra}
     store.write_json(path, meta)
 
 
@@ -152,7 +151,7 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         st = store.status(trial_id)
         if not st or st["state"] not in ("completed", "diverged", "stopped"):
             store.set_status(trial_id, "failed", error=error)
-    write_meta(store, spec, ids, finished=time.time())
+    write_meta(store, spec, ids, finished=now_iso())
     return Outcome(store, count_states(store, ids), time.time() - t0)
 
 
