@@ -33,6 +33,6 @@ def build_compare(studies: list[tuple[str, str]], opts: report.Options) -> Path:
     blocks = ([("h", 1, "Comparison: " + ", ".join(n for _, n in studies))] + verdicts
               + [("table", table)])
     st = load.store(root, first)
-    path = st.path("..", "compare-" + "-".join(n for _, n in studies) + ".html")
+    path = st.base.rsplit("/", 1)[0] + "/compare-" + "-".join(n for _, n in studies) + ".html"
     st.write_bytes(path, render.to_html(blocks, "comparison").encode())
     return Path(path)

@@ -217,3 +217,16 @@ def test_format_2_files_are_read_with_the_new_columns_null(tmp_path):
     assert got["mi_xz_est"] is None and got["normal_var_tol"] == 0.1
     assert got["equivalent_sigma2_arith"] == pytest.approx(2.0 * 0.010_000_8)
     assert got["equivalent_sigma2"] == pytest.approx(2.0 / (0.8 / 1e-6 + 0.2 / 0.05))
+
+
+def test_compare_stacks_the_studies_tables(study, tmp_path):
+    import shutil
+    from analysis.compare import build_compare
+    root = str(tmp_path)
+    shutil.copytree(f"{study[0]}/{STUDY}", f"{root}/one")
+    shutil.copytree(f"{study[0]}/{STUDY}", f"{root}/two")
+    path = build_compare([(root, "one"), (root, "two")], report.Options())
+    page = path.read_text()
+    assert path.name == "compare-one-two.html" and path.parent == tmp_path
+    assert page.count("<td>one</td>") == 3 and page.count("<td>two</td>") == 3
+    assert page.count("Theorem 1 check") == 2
