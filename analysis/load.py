@@ -187,9 +187,7 @@ def older_formats() -> list[pl.Expr]:
     from noise_pi and noise_sigma2_k (Sec. 7.2.1); normal_var_tol was 0.1 unless set."""
     c = pl.col
     old = c("equivalent_sigma2_arith").is_null()
-    precision = pl.struct("noise_pi", "noise_sigma2_k").map_elements(
-        lambda r: (sum(p / v for p, v in zip(r["noise_pi"], r["noise_sigma2_k"]))
-                   if r["noise_pi"] else None), return_dtype=pl.Float64)
+    precision = (c("noise_pi") / c("noise_sigma2_k")).list.sum()      # sum_k pi_k / sigma2_k
     tol = c("config").str.json_path_match("$.eval.normal_var_tol").cast(pl.Float64)
     return [pl.when(old & c("noise_pi").is_not_null()).then(c("beta") / precision)
             .otherwise(c("equivalent_sigma2")).alias("equivalent_sigma2"),

@@ -125,7 +125,9 @@ def compute_tables(root: str, study: str, opts: Options = Options()) -> figures.
     all_rows = load.trials(root, study, last=False).collect()
     last = all_rows.filter(pl.col("epoch") == pl.col("last_epoch"))
     rows_lazy = load.counted(all_rows.lazy(), opts.include_running)
-    factors = load.scan_factors(root, study)
+    factors = load.dedupe(load.scan_factors(root, study).join(           # scanned once
+        rows_lazy.select("trial_id", "epoch"), on=["trial_id", "epoch"], how="semi"),
+        "factors").collect().lazy()
     rows = intrinsic.per_trial(rows_lazy, factors, opts.threshold).collect()
     status = load.status_frame(root, study)
     L = labels(last)
@@ -154,9 +156,7 @@ def compute_tables(root: str, study: str, opts: Options = Options()) -> figures.
     bar.update()
     chosen = {"fig2": opts.trial or choose_trial(rows, "fig2"), "fig16": choose_trial(rows, "fig16")}
     keep = [t for t in chosen.values() if t]
-    frames["factors"] = load.dedupe(factors.join(rows_lazy.select("trial_id", "epoch"),
-                                                 on=["trial_id", "epoch"], how="semi")
-                                    .filter(pl.col("trial_id").is_in(keep)), "factors").collect()
+    frames["factors"] = factors.filter(pl.col("trial_id").is_in(keep)).collect()
     picks = pick_traversals(root, study, rows)
     front = search_front(root, study)
     if front is not None:              # an Optuna search: its own objectives' front
