@@ -143,12 +143,14 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 
 def report_configs(n: int) -> list[TrialConfig]:
-    """Intrinsic data (P = 3), specified sigma2 sweep x 10 seeds, a learned quarter."""
+    """Intrinsic data (P = 3): 10 seeds per configuration; specified noise (25 sigma2 x 3
+    beta) for three quarters, learned noise (25 beta) for the rest."""
     out = []
     for i in range(n):
         seed, k = i % 10, i // 10
-        noise = ({"kind": "specified", "sigma2": 0.001 * (1 + k % 25)} if i < 3 * n // 4
-                 else {"kind": "learned", "beta": 0.5 + k % 20})
+        noise = ({"kind": "specified", "sigma2": 0.001 * (1 + k % 25),
+                  "beta": (1.0, 2.0, 4.0)[k // 25 % 3]} if i < 3 * n // 4
+                 else {"kind": "learned", "beta": 0.5 + k % 25})
         out.append(TrialConfig.from_dict({
             "dataset": {"name": "intrinsic", "factors": 3, "n": 600}, "noise": noise,
             "model": {"latent_dim": 10}, "train": {"seed": seed, "epochs": 5}}))
