@@ -268,7 +268,7 @@ def plot_curves(curves: pl.DataFrame, axes, labels: dict[str, str] | None = None
     axes[-1].set_xlabel("epoch")
     if 1 < len(keys) <= 10:
         axes[0].legend(handles=[Line2D([], [], color=f"C{i}", label=(labels or {}).get(k, k))
-                                for i, k in enumerate(keys)], fontsize=7)
+                                for i, k in enumerate(keys)], fontsize=7, loc="upper right")
     return axes
 
 

@@ -233,7 +233,7 @@ def _overview(study: str, t: figures.Tables, spec: dict | None, opts: Options) -
     return out + [
         ("h", 2, "Intrinsic dimension (Theorem 1)"),
         ("p", f"Per configuration across seeds ({which}); n trials and the epoch range of each "
-              "row; means ± the 95% t-interval's half width where n ≥ 3, else the mean and n. "
+              "row; means ± the 95% t-interval's half width where n ≥ 3, else the mean alone. "
               "Used factors have mi_h > 0.5 nats (App. E). The equivalent variance is "
               "β·σ² (Sec. 7.2.1), with the learned σ² for learned noise and, for a mixture, "
               "β / Σ_k π_k/σ²_k. mi_xz and kl_qz_pz are the paper's bounds (Def. 2: I(x;z) + "
@@ -286,8 +286,11 @@ def _equivalence(t: figures.Tables, opts: Options = Options()) -> list[tuple]:
 
 def _tradeoff(t: figures.Tables) -> list[tuple]:
     L, trade = t.labels, t.get("tradeoff")
+    view = ["configuration", "trial_id", "seed", "epoch", "equivalent_sigma2", "evlb",
+            "recon_mse", "mi_xz", "kl_qz_pz", "n_used_factors"]
+    front = _labelled(trade.filter(pl.col("pareto")), L).select(view) if trade.height else trade
     out = [("h", 2, "Trade-off: Pareto-optimal trials (max EVLB, min kl_qz_pz)"),
-           ("table", _labelled(trade.filter(pl.col("pareto")), L) if trade.height else trade)]
+           ("table", front)]
     if "search_front" in t.frames:
         front = t.get("search_front")
         names = [c for c in front.columns if c not in ("trial_id", "config_key")]

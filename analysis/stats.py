@@ -41,18 +41,20 @@ def half_width(std: pl.Expr, n: pl.Expr, level: float = LEVEL) -> pl.Expr:
     return q * std / n.cast(pl.Float64).sqrt()
 
 
-def fmt(mean, half, n, digits: int = 3) -> str:
-    """'2.31 ± 0.42 (n=5)', or '2 (n=1)' where n < 3 or the interval is unknown."""
+def fmt(mean, half, n, digits: int = 3, show_n: bool = True) -> str:
+    """'2.31 ± 0.42 (n=5)', or '2 (n=1)' where n < 3 or the interval is unknown; without
+    '(n=...)' where the table has an n column (`show_n=False`)."""
+    tail = f" (n={n})" if show_n else ""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return f"– (n={n})"
+        return "–" + tail
     m = f"{mean:.{digits}g}"
     if n is None or n < MIN_N or half is None or not math.isfinite(half):
-        return f"{m} (n={n})"
-    return f"{m} ± {half:.2g} (n={n})"
+        return m + tail
+    return f"{m} ± {half:.2g}" + tail
 
 
-def fmt_expr(col: str, n: str, digits: int = 3) -> pl.Expr:
-    """Polars: `fmt` of {col}_mean, {col}_half and the count column `n`."""
+def fmt_expr(col: str, n: str, digits: int = 3, show_n: bool = False) -> pl.Expr:
+    """Polars: `fmt` of {col}_mean, {col}_half and the count column `n` (shown beside)."""
     return pl.struct(pl.col(f"{col}_mean").alias("m"), pl.col(f"{col}_half").alias("h"),
                      pl.col(n).alias("n")).map_elements(
-        lambda r: fmt(r["m"], r["h"], r["n"], digits), return_dtype=pl.String)
+        lambda r: fmt(r["m"], r["h"], r["n"], digits, show_n), return_dtype=pl.String)

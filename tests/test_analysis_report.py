@@ -115,7 +115,7 @@ def test_report_is_written_self_contained(study):
         (b"<?xml", b"<svg ")
     pages = re.findall(r'href="(pages/[^"]+\.html)"', page)
     assert len(set(pages)) == 6 and all((folder / p).stat().st_size > 1000 for p in pages)
-    assert "± 0 " not in page and "(n=2)" in page
+    assert "± 0 " not in page and "<th>n</th>" in page
 
 
 @pytest.mark.slow
@@ -131,16 +131,19 @@ def test_report_opens_in_headless_chromium_with_every_image_loaded(study, tmp_pa
     probe = tmp_path / "probe.html"                 # the report plus a script that counts images
     script = ("<script>addEventListener('load',()=>{const i=[...document.images];"
               "document.title='loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+"
-              "' of '+i.length;});</script>")
+              "' of '+i.length+' width '+document.documentElement.scrollWidth;});</script>")
     probe.write_text(path.read_text().replace("</body>", script + "</body>"))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom",
+    dom = subprocess.run([chromium, *flags, "--window-size=1280,2000",
+                          "--virtual-time-budget=5000", "--dump-dom",
                           probe.as_uri()], capture_output=True, text=True, timeout=120)
     title = re.search(r"<title>(.*?)</title>", dom.stdout).group(1)
     n = len(re.findall(r"<img ", path.read_text()))
-    assert title == f"loaded {n} of {n}" and n > 5
+    loaded, width = re.fullmatch(r"(loaded \d+ of \d+) width (\d+)", title).groups()
+    assert loaded == f"loaded {n} of {n}" and n > 5
+    assert int(width) <= 1280                                       # no sideways scrolling
     shot = tmp_path / "shot.png"
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1280,2000",
                     path.as_uri()], capture_output=True, timeout=120)
