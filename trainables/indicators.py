@@ -82,30 +82,27 @@ def post_var(mu, logvar) -> torch.Tensor:
     return logvar.exp().mean(0)
 
 
-def log_normal(z, mu, logvar) -> torch.Tensor:
-    """log N(z | mu, exp(logvar)) per coordinate (broadcasting)."""
-    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp())
-
-
 def estimates(mu, logvar, generator: torch.Generator | None = None,
               points: int = ESTIMATE_POINTS, chunk: int = 64) -> dict[str, float]:
     """MC estimates of I(x;z), KL(q(z)||p(z)) and the total correlation, one z sample per
-    point of the first `points` points; q(z) = (1/N) sum_n q(z|x_n) over those points."""
-    mu, logvar = mu[:points], logvar[:points]                          # [N, H]
+    point of the first `points` points; q(z) = (1/N) sum_n q(z|x_n) over those points.
+    In float32: the [chunk, N, H] log densities dominate the cost (3x faster than float64)."""
+    mu, logvar = mu[:points].float(), logvar[:points].float()          # [N, H]
     N = mu.shape[0]
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    z = mu + (0.5 * logvar).exp() * eps                                 # [N, H]
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float64)
+    z = mu + (0.5 * logvar).exp() * eps.float()                        # [N, H]
+    inv_var, const = (-logvar).exp(), LOG_2PI + logvar                 # [N, H]
     log_qzx, log_qz, log_marg = [], [], []
     for i in range(0, N, chunk):
-        lq = log_normal(z[i:i + chunk, None], mu[None], logvar[None])   # [c, N, H]
+        lq = -0.5 * ((z[i:i + chunk, None] - mu).pow(2) * inv_var + const)   # [c, N, H]
         log_qzx.append(lq[torch.arange(lq.shape[0]), torch.arange(i, i + lq.shape[0])].sum(1))
         log_qz.append(torch.logsumexp(lq.sum(2), 1) - math.log(N))      # log q(z)      [c]
         log_marg.append((torch.logsumexp(lq, 1) - math.log(N)).sum(1))  # sum_h q(z_h)  [c]
     log_qzx, log_qz, log_marg = torch.cat(log_qzx), torch.cat(log_qz), torch.cat(log_marg)
-    log_pz = log_normal(z, torch.zeros_like(z), torch.zeros_like(z)).sum(1)
-    return {"mi_xz_est": float((log_qzx - log_qz).mean()),
-            "kl_qz_pz_est": float((log_qz - log_pz).mean()),
-            "tc_est": float((log_qz - log_marg).mean())}
+    log_pz = -0.5 * (LOG_2PI + z.pow(2)).sum(1)                         # log N(z | 0, I)
+    return {"mi_xz_est": float((log_qzx - log_qz).double().mean()),
+            "kl_qz_pz_est": float((log_qz - log_pz).double().mean()),
+            "tc_est": float((log_qz - log_marg).double().mean())}
 
 
 SCALARS = {"kl_post_prior": kl_post_prior, "mi_xz": mi_xz, "kl_qz_pz": kl_qz_pz,
