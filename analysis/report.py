@@ -1,11 +1,12 @@
 """`vaestudy report DIR/STUDY`: the study's statistics, figures and a self-contained report.
 
-`build_report(root, study)` writes into ROOT/STUDY/:
+`build_report(root, study, Options(...))` writes into ROOT/STUDY/:
     report.md, report.html         (figures embedded in the HTML as base64 PNG)
+    pages/<trial_id>.html          a page per counted trial, linked from the tables
     analysis/<table>.parquet       every table of the report, all columns
-    analysis/figures/<name>.png    every figure (150 dpi), linked from report.md
-It works on a finished or a still-running study. `summary_table` is the short
-text the CLI prints when a study ends.
+    analysis/figures/<name>.png|svg  every figure (PNG at 150 dpi and SVG)
+It works on a finished or a still-running study (completed trials count unless
+`include_running`). `summary_table` is the short text the CLI prints when a study ends.
 """
 from __future__ import annotations
 
