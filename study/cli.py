@@ -101,10 +101,10 @@ def _run(spec, root: str, address: str | None, resume: bool, report: bool) -> in
 
 
 def _report(store) -> None:
-    from analysis.report import build_report, summary_table
+    from analysis.report import Options, build_report, summary_table
 
     print(summary_table(store.root, store.study))
-    print(f"report: {build_report(store.root, store.study)}")
+    print(f"report: {build_report(store.root, store.study, Options(progress=True))}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
