@@ -149,13 +149,19 @@ def _curves(t: Tables):
     return fig
 
 
+def search_objectives(front: pl.DataFrame) -> list[str]:
+    """The search's objectives: the columns `write_pareto` puts after `epoch`."""
+    cols = front.columns
+    return cols[cols.index("epoch") + 1:] if "epoch" in cols else \
+        [c for c in cols if c in ("evlb", "kl_qz_pz", "recon_mse", "used_distance")]
+
+
 def _search_front(t: Tables):
     front = t.get("search_front")
     if not front.height or not {"evlb", "kl_qz_pz"} <= set(front.columns):
         return "no Optuna search front with evlb and kl_qz_pz"
     fig, ax = plots.new((6.5, 4.5))
-    others = [c for c in front.columns if c not in ("trial_id", "config_key", "evlb",
-                                                     "kl_qz_pz", "pareto")]
+    others = [c for c in search_objectives(front) if c not in ("evlb", "kl_qz_pz")]
     ax.scatter(*plots._np(front, "kl_qz_pz", "evlb"), color="C3", edgecolor="k", zorder=3)
     ax.set_xlabel("kl_qz_pz (Def. 4, the paper's bound) [nats]")
     ax.set_ylabel("EVLB [nats]")

@@ -294,7 +294,7 @@ def _tradeoff(t: figures.Tables) -> list[tuple]:
            ("table", front)]
     if "search_front" in t.frames:
         front = t.get("search_front")
-        names = [c for c in front.columns if c not in ("trial_id", "config_key")]
+        names = figures.search_objectives(front)
         out += [("h", 3, f"The search's own Pareto front ({', '.join(names)})"),
                 ("table", _labelled(front, L))]
     return out + [("h", 2, "Learned noise (Fig. 8-9)"),

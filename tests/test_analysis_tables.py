@@ -230,3 +230,14 @@ def test_compare_stacks_the_studies_tables(study, tmp_path):
     assert path.name == "compare-one-two.html" and path.parent == tmp_path
     assert page.count("<td>one</td>") == 3 and page.count("<td>two</td>") == 3
     assert page.count("Theorem 1 check") == 2
+
+
+def test_a_search_front_names_its_own_objectives():
+    """A three-objective search's front is drawn apart, its third objective named."""
+    front = pl.DataFrame({"trial_id": ["a", "b"], "noise": ["specified"] * 2, "beta": [1.0, 2.0],
+                          "sigma2": [0.1, 0.2], "equivalent_sigma2": [0.1, 0.4],
+                          "latent_dim": [3, 3], "seed": [0, 0], "epoch": [2, 2],
+                          "evlb": [1.0, 2.0], "kl_qz_pz": [2.0, 3.0], "recon_mse": [0.1, 0.05]})
+    assert figures.search_objectives(front) == ["evlb", "kl_qz_pz", "recon_mse"]
+    fig = figures.draw("search_front", figures.Tables({"search_front": front}))
+    assert "recon_mse" in fig.axes[0].get_title()
