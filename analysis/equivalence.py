@@ -240,6 +240,7 @@ def higgins_spread(table: pl.DataFrame) -> pl.DataFrame:
     rotated = pl.col("rotated").list.explode(keep_nulls=False, empty_as_null=False)
     out = (table.group_by("config_key")
            .agg(pl.len().alias("n"), pl.col("setting").first(),
+                (pl.col("n_used") == 0).sum().alias("no_used_factor"),
                 pl.col("train_accuracy").mean().alias("train_accuracy_mean"),
                 *_stats(pl.col("higgins"), "seeds"), *_stats(rotated, "rotations"))
            .sort("config_key"))

@@ -280,7 +280,8 @@ def _equivalence(t: figures.Tables, opts: Options = Options()) -> list[tuple]:
                 "with published scores (`--higgins published` computes those).")
         out += [("h", 3, "Higgins et al. metric (App. C): across seeds and under random rotations"),
                 ("p", "Eval accuracy of scikit-learn's LogisticRegression (train accuracy beside "
-                      "it)." + note),
+                      "it). `no_used_factor` counts seeds with no used factor (a collapsed "
+                      "model): their score says nothing about disentanglement." + note),
                 ("table", _labelled(t.get("higgins_spread"), L))]
     return out
 
