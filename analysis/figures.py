@@ -43,7 +43,7 @@ def _vs_equivalent(y: str, ylabel: str) -> Callable[[Tables], "Figure | str"]:
         if not table.height or table["equivalent_sigma2"].drop_nulls().len() == 0:
             return "no evaluated trial with an equivalent variance"
         if table[f"{y}_mean"].drop_nulls().drop_nans().len() == 0:
-            return f"no trial has {y} (results written before format 3 lack it)"
+            return f"no trial has {y} (results written before format 4 lack it)"
         fig, ax = plots.new()
         plots.plot_vs_equivalent(t.get("per_trial"), table, ax, y, ylabel, t.labels)
         return fig

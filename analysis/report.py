@@ -20,6 +20,7 @@ import polars as pl
 from tqdm import tqdm
 
 from analysis import equivalence, figures, intrinsic, load, render, stats, tradeoff
+from analysis.metrics.section import metrics_frames, metrics_section
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Options:
     workers: int | None = None             # Higgins worker processes (default: CPU count)
     trial_pages: bool = True               # a page per counted trial
     progress: bool = False                 # tqdm progress bars on stderr
+    metrics: tuple[str, ...] = ()          # issue 16's disentanglement metrics (analysis.metrics)
 
 
 def intrinsic_view(table: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
@@ -154,6 +156,7 @@ def compute_tables(root: str, study: str, opts: Options = Options()) -> figures.
                                       progress=opts.progress,
                                       seeds_per_config=opts.higgins_seeds)
         frames["higgins"], frames["higgins_spread"] = h, equivalence.higgins_spread(h)
+    frames.update(metrics_frames(root, study, opts.metrics) if opts.metrics else {})  # issue 16
     bar.update()
     chosen = {"fig2": opts.trial or choose_trial(rows, "fig2"), "fig16": choose_trial(rows, "fig16")}
     keep = [t for t in chosen.values() if t]
@@ -302,8 +305,8 @@ def _tradeoff(t: figures.Tables) -> list[tuple]:
                   ("table", _labelled(t.get("learned_noise"), L))]
 
 
-# Issue 16's disentanglement metrics plug in here: a function (t, opts) -> list of blocks,
-# appended after the equivalence section.
+# Further report sections: functions (t, opts) -> list of blocks, appended after the
+# disentanglement metrics (issue 16's `metrics_section`).
 SECTIONS: list = []
 
 
@@ -315,7 +318,8 @@ def blocks(root: str, study: str, t: figures.Tables, drawn: list,
         "(no study.json: a `vaestudy train` study)"
     extra = [b for section in SECTIONS for b in section(t, opts)]
     return (_overview(study, t, spec, opts) + [("h", 2, "Figures")]
-            + [("figure", d) for d in drawn] + _equivalence(t, opts) + extra + _tradeoff(t)
+            + [("figure", d) for d in drawn] + _equivalence(t, opts)
+            + metrics_section(t.frames.get("metrics"), t.labels) + extra + _tradeoff(t)
             + [("h", 2, "Spec"), ("pre", text)])
 
 

@@ -198,7 +198,7 @@ def test_include_running_compares_at_a_common_epoch(study, tmp_path):
 
 
 def test_format_2_files_are_read_with_the_new_columns_null(tmp_path):
-    """Files written before format 3 lack the estimate columns; a mixture's precision-weighted
+    """Files written before format 4 lack the estimate columns; a mixture's precision-weighted
     equivalent variance is recomputed, its arithmetic one kept."""
     import pyarrow as pa
     import pyarrow.parquet as pq
