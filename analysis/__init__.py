@@ -1,12 +1,15 @@
 """Analysis of a study's Parquet results: Polars statistics, the paper's figures, the report.
 
-    load         lazy tables, each (trial_id, epoch) once, with state and config key
+    load         lazy tables, each (trial_id, epoch) once, with state, stale flag, config and
+                 series keys; `counted` picks the trials the aggregates count
+    stats        t-based 95% intervals and how tables show them
     intrinsic    Theorem 1: used-factor counts per configuration across seeds
-    align        Procrustes / signed permutation / linear maps (Theorems 4-5)
-    equivalence  those fits on the codes table; the Higgins et al. metric per trial
-    higgins      the Higgins et al. (2016) metric and its rotation dependence (App. C)
+    align        held-out Procrustes / signed permutation / linear maps (Theorems 4-5; scipy)
+    equivalence  those fits on the codes table with a null; the Higgins metric per trial
+    higgins      the Higgins et al. (2016) metric (disentanglement_lib's) and App. C
     tradeoff     reconstruction vs disentanglement, `pareto_mask`
-    plots        plot_x(frame, ax) -> Axes; figures: the registry; report: report.md/.html
+    plots        plot_x(frame, ax) -> Axes; figures: the registry; report: report.md/.html;
+                 pages: a page per trial; compare: several studies on one page
 """
 from analysis.intrinsic import intrinsic_dimension
 from analysis.report import build_report, summary_table

@@ -3,41 +3,53 @@
 An ideal VAE uses as many factors as the data's intrinsic dimension P; a factor
 is used when its mutual information mi_h (Def. 3) exceeds 0.5 nats (App. E),
 and sits at the prior ("normal variance", Fig. 5b) when its mean posterior
-variance is within `tol` of 1. The configurations are compared on the paper's
-common x-axis, the equivalent variance beta * sigma2 (Sec. 7.2.1; for learned
-noise beta * sigma2_learnt).
+variance is within each trial's `eval.normal_var_tol` of 1. The configurations
+are compared on the paper's common x-axis, the equivalent variance beta * sigma2
+(Sec. 7.2.1; for learned noise beta * sigma2_learnt, for a mixture beta over its
+average precision sum_k pi_k / sigma2_k).
+
+Only completed trials count by default (`load.counted`); every table carries n
+(trials) and the epoch range it was measured at, and means come with t-based 95%
+intervals (`analysis.stats`).
 """
 from __future__ import annotations
 
 import polars as pl
 
-from analysis import load
+from analysis import load, stats
 
-GROUP = ["config_key", "dataset", "noise", "beta", "sigma2_cfg", "latent_dim"]
+GROUP = ["config_key", "series_key", "dataset", "noise", "beta", "sigma2_cfg", "latent_dim"]
 
 
-def factor_counts(factors: pl.LazyFrame, threshold: float | None = None,
-                  tol: float = 0.1) -> pl.LazyFrame:
-    """Per (trial_id, epoch): used and normal-variance factor counts from the factors table.
+def factor_counts(factors: pl.LazyFrame, rows: pl.LazyFrame,
+                  threshold: float | None = None) -> pl.LazyFrame:
+    """Per (trial_id, epoch) of `rows`: used and normal-variance factor counts.
 
     `threshold` None keeps each trial's own `used` flag (its eval.used_threshold);
-    a number recounts with mi > threshold (App. E uses 0.5 nats).
+    a number recounts with mi > threshold (App. E uses 0.5 nats). Normal variance is
+    |post_var - 1| < the trial's own normal_var_tol.
     """
     used = pl.col("used") if threshold is None else pl.col("mi") > threshold
-    return factors.group_by("trial_id", "epoch").agg(
+    keys = rows.select("trial_id", "epoch", "normal_var_tol")
+    factors = factors.join(keys, on=["trial_id", "epoch"], how="inner")
+    return load.dedupe(factors, "factors").group_by(
+        "trial_id", "epoch").agg(
         used.sum().cast(pl.Int64).alias("n_used"),
-        ((pl.col("post_var") - 1.0).abs() < tol).sum().cast(pl.Int64).alias("n_normal"),
+        ((pl.col("post_var") - 1.0).abs() < pl.col("normal_var_tol")).sum().cast(pl.Int64)
+        .alias("n_normal"),
         pl.col("mi").filter(used).sum().alias("mi_used"))
 
 
-def per_trial(trials: pl.LazyFrame, factors: pl.LazyFrame, threshold: float | None = None,
-              tol: float = 0.1, states: tuple[str, ...] = load.USABLE) -> pl.LazyFrame:
-    """One row per usable trial (last epoch) with its factor counts and headline indicators."""
-    counts = factor_counts(factors, threshold, tol)
-    return (trials.filter(pl.col("state").is_in(states))
-            .join(counts, on=["trial_id", "epoch"], how="left")
+def per_trial(rows: pl.LazyFrame, factors: pl.LazyFrame,
+              threshold: float | None = None) -> pl.LazyFrame:
+    """One row per counted trial (`load.counted`) with its factor counts and indicators."""
+    counts = factor_counts(factors, rows, threshold)
+    return (rows.join(counts, on=["trial_id", "epoch"], how="left")
             .with_columns(pl.coalesce("n_used", "n_used_factors").alias("n_used"),
                           pl.coalesce("n_normal", "n_normal_variance_factors").alias("n_normal")))
+
+
+MEANS = ("n_used", "n_normal", "mi_xz", "kl_qz_pz", "mi_xz_est", "kl_qz_pz_est", "tc_est", "evlb")
 
 
 def _agg(col: str) -> list[pl.Expr]:
@@ -45,37 +57,50 @@ def _agg(col: str) -> list[pl.Expr]:
     return [c.mean().alias(f"{col}_mean"), c.std().alias(f"{col}_std")]
 
 
+def with_intervals(table: pl.LazyFrame, cols=MEANS, n: str = "n") -> pl.LazyFrame:
+    """{col}_half: the 95% t-interval's half width of each {col}_mean over `n` trials."""
+    return table.with_columns(stats.half_width(pl.col(f"{c}_std"), pl.col(n)).alias(f"{c}_half")
+                              for c in cols)
+
+
 def aggregate(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """Across the seeds of each configuration: counts, Def. 2/4 indicators, EVLB (Eq. 13)."""
+    """Across the seeds of each configuration: n, epoch range, counts, the paper's Def. 2/4
+    bounds and the MC estimates, EVLB (Eq. 13); means with t-interval half widths."""
     used, P = pl.col("n_used"), pl.col("true_factors")
-    return (rows.group_by(GROUP)
-            .agg(pl.col("seed").n_unique().alias("seeds"),
-                 pl.col("equivalent_sigma2").mean().alias("equivalent_sigma2"),
-                 pl.col("sigma2").mean().alias("sigma2_mean"),
-                 *_agg("n_used"), used.min().alias("n_used_min"), used.max().alias("n_used_max"),
-                 *_agg("n_normal"),
-                 *_agg("mi_xz"), *_agg("kl_qz_pz"), *_agg("evlb"),
-                 pl.col("recon_mse").mean().alias("recon_mse_mean"),
-                 P.first().alias("true_factors"),
-                 (used == P).mean().alias("frac_at_P"),
-                 (used - P).abs().mean().alias("mae_P"),
-                 pl.col("state").eq("running").sum().alias("n_running"))
-            .sort("noise", "equivalent_sigma2", "beta"))
+    table = (rows.group_by(GROUP)
+             .agg(pl.len().alias("n"), pl.col("seed").n_unique().alias("seeds"),
+                  pl.col("epoch").min().alias("epoch_min"),
+                  pl.col("epoch").max().alias("epoch_max"),
+                  pl.col("equivalent_sigma2").mean().alias("equivalent_sigma2"),
+                  pl.col("equivalent_sigma2_arith").mean().alias("equivalent_sigma2_arith"),
+                  pl.col("pi_at_floor").max().alias("pi_at_floor_max"),
+                  pl.col("sigma2").mean().alias("sigma2_mean"),
+                  *[e for c in MEANS for e in _agg(c)],
+                  used.min().alias("n_used_min"), used.max().alias("n_used_max"),
+                  pl.col("recon_mse").mean().alias("recon_mse_mean"),
+                  P.first().alias("true_factors"),
+                  (used == P).mean().alias("frac_at_P"),
+                  (used - P).abs().mean().alias("mae_P"),
+                  pl.col("state").eq("running").sum().alias("n_running"))
+             .sort("noise", "equivalent_sigma2", "beta"))
+    return with_intervals(table)
 
 
-def intrinsic_dimension(trials: pl.LazyFrame, factors: pl.LazyFrame,
-                        threshold: float | None = None, tol: float = 0.1) -> pl.LazyFrame:
+def intrinsic_dimension(rows: pl.LazyFrame, factors: pl.LazyFrame,
+                        threshold: float | None = None) -> pl.LazyFrame:
     """The intrinsic-dimension table: one row per configuration, across seeds (Theorem 1).
 
-    `frac_at_P` is the fraction of seeds whose used-factor count equals the data's true P and
-    `mae_P` the mean |used - P|; both are null where P is unknown (mnist, image folders).
+    `rows` are the counted trials (`load.counted`). `frac_at_P` is the fraction of seeds
+    whose used-factor count equals the data's true P and `mae_P` the mean |used - P|; both
+    are null where P is unknown (mnist, image folders).
     """
-    return aggregate(per_trial(trials, factors, threshold, tol))
+    return aggregate(per_trial(rows, factors, threshold))
 
 
-def from_study(root: str, study: str, threshold: float | None = None) -> pl.DataFrame:
-    return intrinsic_dimension(load.trials(root, study), load.factors(root, study),
-                               threshold).collect()
+def from_study(root: str, study: str, threshold: float | None = None,
+               include_running: bool = False) -> pl.DataFrame:
+    rows = load.counted(load.trials(root, study, last=False), include_running)
+    return intrinsic_dimension(rows, load.scan_factors(root, study), threshold).collect()
 
 
 def reached_p(table: pl.DataFrame) -> str | None:
@@ -100,9 +125,12 @@ def reached_p(table: pl.DataFrame) -> str | None:
 
 
 def learned_noise(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """Fig. 8-9: learned sigma2 and beta * sigma2 against beta (noise-learning trials)."""
-    return (rows.filter(pl.col("noise") == "learned")
-            .group_by("beta", "latent_dim", "dataset")
-            .agg(pl.col("seed").n_unique().alias("seeds"),
-                 *_agg("sigma2"), *_agg("equivalent_sigma2"))
-            .sort("dataset", "latent_dim", "beta"))
+    """Fig. 8-9: learned sigma2 and beta * sigma2 against beta, per series of
+    noise-learning trials (every setting but beta and the seed, `series_key`)."""
+    return with_intervals(
+        rows.filter(pl.col("noise") == "learned")
+        .group_by("series_key", "beta", "latent_dim", "dataset")
+        .agg(pl.len().alias("n"), pl.col("seed").n_unique().alias("seeds"),
+             pl.col("epoch").min().alias("epoch_min"), pl.col("epoch").max().alias("epoch_max"),
+             *_agg("sigma2"), *_agg("equivalent_sigma2"))
+        .sort("dataset", "series_key", "beta"), ("sigma2", "equivalent_sigma2"))

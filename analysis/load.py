@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import time
 from functools import lru_cache
 
 import polars as pl
@@ -24,7 +27,9 @@ KEYS = {"trials": ["trial_id", "epoch"], "factors": ["trial_id", "epoch", "facto
 # everything else.
 NOT_CONFIG = {"train": ("seed", "device", "threads"), "checkpoint": ("every", "keep"),
               "eval": ("traversals", "traversal_images", "codes_points")}
-USABLE = ("completed", "running")             # states whose last row is a result to aggregate
+USABLE = ("completed", "running")             # states whose last row is a result
+COUNTED = ("completed",)                      # what the aggregates count by default
+STALE_AFTER_S = 6 * 3600                      # a `running` status untouched this long is stale
 
 
 @lru_cache(maxsize=8)
@@ -50,9 +55,10 @@ def scan(root: str, study: str, table: str) -> pl.LazyFrame:
     st = store(root, study)
     if not has_files(st, table):
         return empty(table)
+    schema = empty(table).collect_schema()           # older formats: missing columns are null
     return pl.scan_parquet(st.glob(table), storage_options=st.storage_options,
                            hive_partitioning=False, missing_columns="insert",
-                           extra_columns="ignore")
+                           extra_columns="ignore", schema=schema)
 
 
 def dedupe(frame: pl.LazyFrame, table: str) -> pl.LazyFrame:
@@ -63,34 +69,95 @@ def dedupe(frame: pl.LazyFrame, table: str) -> pl.LazyFrame:
     return frame.unique(KEYS[table], keep="any")
 
 
+# A series (a line in Fig. 4-6, 8-9) holds every setting but the plotted axis and the seed:
+# the equivalent variance beta * sigma2 (Sec. 7.2.1) or beta.
+AXIS = {"noise": ("sigma2", "beta")}
+
+
+def _without(config: str, *drops: dict) -> dict:
+    cfg = json.loads(config)
+    for drop in drops:
+        for section, names in drop.items():
+            for name in names:
+                cfg.get(section, {}).pop(name, None)
+    return cfg
+
+
+def _hash(prefix: str, cfg: dict) -> str:
+    return prefix + hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def config_key(config: str) -> str:
     """Stable id of a trial's configuration without its seed: the seeds of one setting share it."""
-    cfg = json.loads(config)
-    for section, names in NOT_CONFIG.items():
-        for name in names:
-            cfg.get(section, {}).pop(name, None)
-    blob = json.dumps(cfg, sort_keys=True)
-    return "c" + hashlib.sha256(blob.encode()).hexdigest()[:8]
+    return _hash("c", _without(config, NOT_CONFIG))
 
 
-def _config_keys(configs: pl.Series) -> pl.Series:
-    uniq = configs.unique().drop_nulls()
-    mapping = dict(zip(uniq.to_list(), (config_key(c) for c in uniq.to_list())))
-    return configs.replace_strict(mapping, default=None, return_dtype=pl.String)
+def series_key(config: str) -> str:
+    """Stable id of a trial's series: its configuration without the plotted axis."""
+    return _hash("s", _without(config, NOT_CONFIG, AXIS))
+
+
+def flat(config: str) -> dict[str, object]:
+    """The configuration (no seed) as {"section.key": value}."""
+    return {f"{sec}.{k}": v for sec, d in _without(config, NOT_CONFIG).items()
+            if isinstance(d, dict) for k, v in d.items()}
+
+
+def differing_labels(configs: dict[str, str], drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """key -> 'noise.kind=learned, dataset.factors=3': the settings in which the given
+    configurations differ (all of them but `drop`), so every line and row is told apart."""
+    flats = {k: flat(c) for k, c in configs.items()}
+    names = sorted({n for f in flats.values() for n in f} - set(drop))
+    varying = [n for n in names if len({json.dumps(f.get(n)) for f in flats.values()}) > 1]
+    short = lambda n: n.split(".", 1)[1] if n.startswith(("noise.", "model.", "train.")) \
+        else n                                                        # noqa: E731
+    return {k: ", ".join(f"{short(n)}={f.get(n)}" for n in varying) or "all"
+            for k, f in flats.items()}
+
+
+def _mapped(fn):
+    def apply(configs: pl.Series) -> pl.Series:
+        uniq = configs.unique().drop_nulls().to_list()
+        mapping = dict(zip(uniq, (fn(c) for c in uniq)))
+        return configs.replace_strict(mapping, default=None, return_dtype=pl.String)
+    return apply
 
 
 def config_columns() -> list[pl.Expr]:
-    """Columns read from the trial config: the nominal sigma2 and the config key."""
-    return [pl.col("config").str.json_path_match("$.noise.sigma2").cast(pl.Float64)
-            .alias("sigma2_cfg"),
-            pl.col("config").map_batches(_config_keys, return_dtype=pl.String).alias("config_key")]
+    """Columns read from the trial config: the nominal sigma2, the config and series keys."""
+    c = pl.col("config")
+    return [c.str.json_path_match("$.noise.sigma2").cast(pl.Float64).alias("sigma2_cfg"),
+            c.map_batches(_mapped(config_key), return_dtype=pl.String).alias("config_key"),
+            c.map_batches(_mapped(series_key), return_dtype=pl.String).alias("series_key")]
+
+
+def driver_alive(root: str, study: str) -> bool:
+    """Whether a driver holds the study (its lock file names a live process, or another host)."""
+    st = store(root, study)
+    path = st.path("driver.lock")
+    if not st.exists(path):
+        return False
+    lock = st.read_json(path)
+    if lock.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(lock.get("pid", -1)), 0)
+    except (ProcessLookupError, PermissionError, OverflowError, ValueError):
+        return False
+    return True
 
 
 def status_frame(root: str, study: str) -> pl.DataFrame:
-    """One row per trial with a status file: trial_id, state, error."""
-    rows = [{"trial_id": s.get("trial_id"), "state": s.get("state"), "error": s.get("error")}
+    """One row per trial with a status file: trial_id, state, error, stale.
+
+    `stale` marks a `running` trial that nothing runs: no live driver holds the study, or
+    its status has not changed for STALE_AFTER_S (a driver that died on another host)."""
+    alive, now = driver_alive(root, study), time.time()
+    rows = [{"trial_id": s.get("trial_id"), "state": s.get("state"), "error": s.get("error"),
+             "stale": s.get("state") == "running" and
+             (not alive or now - float(s.get("updated", now)) > STALE_AFTER_S)}
             for s in store(root, study).all_status()]
-    schema = {"trial_id": pl.String, "state": pl.String, "error": pl.String}
+    schema = {"trial_id": pl.String, "state": pl.String, "error": pl.String, "stale": pl.Boolean}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -109,11 +176,42 @@ def trials(root: str, study: str, last: bool = True) -> pl.LazyFrame:
     final = rows.join(last_epochs(rows), on=["trial_id", "epoch"], how="semi")
     status = status_frame(root, study).lazy()
     last_status = final.select("trial_id", pl.col("status").alias("last_status"))
+    last_epoch = final.select("trial_id", pl.col("epoch").alias("last_epoch"))
     return ((final if last else rows).join(status, on="trial_id", how="left")
             .join(last_status, on="trial_id", how="left")
-            .with_columns(pl.coalesce("state", "last_status").alias("state"))
+            .join(last_epoch, on="trial_id", how="left")
+            .with_columns(pl.coalesce("state", "last_status").alias("state"),
+                          pl.col("stale").fill_null(False))
             .drop("last_status")
-            .with_columns(config_columns()))
+            .with_columns(*config_columns(), *older_formats()))
+
+
+def older_formats() -> list[pl.Expr]:
+    """Columns that format-2 files lack, derived where they can be: a mixture's arithmetic
+    equivalent variance was `equivalent_sigma2`, its precision-weighted one is recomputed
+    from noise_pi and noise_sigma2_k (Sec. 7.2.1); normal_var_tol was 0.1 unless set."""
+    c = pl.col
+    old = c("equivalent_sigma2_arith").is_null()
+    precision = (c("noise_pi") / c("noise_sigma2_k")).list.sum()      # sum_k pi_k / sigma2_k
+    tol = c("config").str.json_path_match("$.eval.normal_var_tol").cast(pl.Float64)
+    return [pl.when(old & c("noise_pi").is_not_null()).then(c("beta") / precision)
+            .otherwise(c("equivalent_sigma2")).alias("equivalent_sigma2"),
+            pl.when(old).then(c("equivalent_sigma2")).otherwise(c("equivalent_sigma2_arith"))
+            .alias("equivalent_sigma2_arith"),
+            pl.coalesce(c("normal_var_tol"), tol, pl.lit(0.1)).alias("normal_var_tol")]
+
+
+def counted(trials_all: pl.LazyFrame, include_running: bool = False) -> pl.LazyFrame:
+    """One row per counted trial: completed trials at their last epoch; with
+    `include_running`, completed and running (not stale) trials compared at a common epoch,
+    the earliest last epoch among them (each trial's latest row at or before it)."""
+    states = USABLE if include_running else COUNTED
+    rows = trials_all.filter(pl.col("state").is_in(states) & ~pl.col("stale"))
+    if not include_running:
+        return rows.filter(pl.col("epoch") == pl.col("last_epoch"))
+    common = rows.select(pl.col("last_epoch").min()).collect().item()
+    return (rows.filter(pl.col("epoch") <= (common if common is not None else 0))
+            .sort("epoch").group_by("trial_id").last())
 
 
 def factors(root: str, study: str, last: bool = True) -> pl.LazyFrame:
@@ -124,6 +222,12 @@ def factors(root: str, study: str, last: bool = True) -> pl.LazyFrame:
         ends = last_epochs(trials_rows)
         frame = frame.join(ends, on=["trial_id", "epoch"], how="semi")
     return dedupe(frame, "factors")
+
+
+def scan_factors(root: str, study: str) -> pl.LazyFrame:
+    """Every factor row as stored, duplicates included (lazy): join it to the rows you
+    count, then dedupe (`intrinsic.factor_counts` does)."""
+    return scan(root, study, "factors")
 
 
 def codes(root: str, study: str) -> pl.LazyFrame:

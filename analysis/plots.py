@@ -1,4 +1,7 @@
-"""The paper's figures as `plot_x(frame, ax, ...) -> Axes` on Polars frames (matplotlib Agg).
+"""The paper's figures as `plot_x(frame, ax, ...) -> Axes` on Polars frames.
+
+Figures are built with matplotlib's object API (`matplotlib.figure.Figure`, no pyplot),
+so importing this module never switches the backend (Jupyter's inline plots keep working).
 
 Each function draws on the axes it is given and labels them with units; it
 never decides whether its data exist (figures.py does, and skips the figure).
@@ -10,15 +13,14 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-from matplotlib import ticker  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import matplotlib.image as mpimg
+import numpy as np
+import polars as pl
+from matplotlib import ticker
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 DPI = 150
 XLABEL = r"equivalent variance $\beta\,\sigma^2$ (pixels in [0, 1])"
@@ -27,11 +29,10 @@ STYLE = {"specified": dict(marker="o", color="C0"), "learned": dict(marker="^", 
          "mog": dict(marker="s", color="C2")}
 
 
-def save(fig, path=None) -> bytes:
-    """The one save helper: PNG at 150 dpi, written to `path` when given; closes the figure."""
+def save(fig: Figure, path=None, fmt: str = "png") -> bytes:
+    """The one save helper: PNG at 150 dpi (or SVG), written to `path` when given."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(buf, format=fmt, dpi=DPI, bbox_inches="tight")
     data = buf.getvalue()
     if path is not None:
         with open(path, "wb") as f:
@@ -40,8 +41,8 @@ def save(fig, path=None) -> bytes:
 
 
 def new(figsize=(6.0, 4.0)):
-    fig, ax = plt.subplots(figsize=figsize)
-    return fig, ax
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def log_x(ax: Axes) -> None:
@@ -59,28 +60,45 @@ def _np(frame: pl.DataFrame, *cols: str) -> list[np.ndarray]:
 SWEEP_COLORS = ("C0", "C4", "C5", "C6", "C7", "C8", "C9")     # C1, C2 mark learned and MoG
 
 
-def spec_groups(table: pl.DataFrame) -> list[tuple[pl.DataFrame, str, str]]:
-    """(rows, colour, label) per specified-noise sweep (one per beta, latent size, data set)."""
+def spec_groups(table: pl.DataFrame, labels: dict[str, str] | None = None
+                ) -> list[tuple[pl.DataFrame, str, str]]:
+    """(rows, colour, label) per specified-noise series: every setting but the equivalent
+    variance and the seed (`series_key`), labelled by the settings in which series differ."""
     spec = table.filter(pl.col("noise") == "specified")
-    groups = spec.partition_by("beta", "latent_dim", "dataset", maintain_order=True)
+    groups = spec.partition_by("series_key", maintain_order=True)
     out = []
     for i, g in enumerate(groups):
-        r = g.row(0, named=True)
-        label = ("specified noise (mean ± sd over seeds)" if len(groups) == 1 else
-                 f"specified, β={r['beta']:g}, H={r['latent_dim']}")
+        key = g["series_key"][0]
+        label = ("specified noise (mean ± 95% CI over seeds)" if len(groups) == 1 else
+                 f"specified, {(labels or {}).get(key, key)}")
         out.append((g.sort("equivalent_sigma2"), SWEEP_COLORS[i % len(SWEEP_COLORS)], label))
     return out
 
 
+def _learned_line(rows: pl.DataFrame, ax: Axes, y: str) -> None:
+    """Fig. 4: learned-noise trials joined in beta order per series, beta = 1 ringed."""
+    pts = rows.filter(pl.col("noise") == "learned")
+    for g in pts.partition_by("series_key", maintain_order=True):
+        mean = g.group_by("beta").agg(pl.col("equivalent_sigma2", y).mean()).sort("beta")
+        ax.plot(*_np(mean, "equivalent_sigma2", y), color="C1", lw=1, ls="-", zorder=2)
+    one = pts.filter(pl.col("beta") == 1.0)
+    if one.height:
+        ax.scatter(*_np(one, "equivalent_sigma2", y), s=140, facecolor="none", edgecolor="C3",
+                   lw=1.5, zorder=4, label=r"learned noise, $\beta = 1$")
+
+
 def plot_vs_equivalent(rows: pl.DataFrame, table: pl.DataFrame, ax: Axes, y: str,
-                       ylabel: str) -> Axes:
-    """Fig. 4-6: metric `y` against beta * sigma2; the specified sweep as a line, each
-    learned/MoG trial as a marker. `table` is the intrinsic-dimension table
-    (`{y}_mean`, `{y}_std` per configuration), `rows` one row per trial."""
-    for g, color, label in spec_groups(table):
-        x, m, s = _np(g, "equivalent_sigma2", f"{y}_mean", f"{y}_std")
-        ax.errorbar(x, m, yerr=np.nan_to_num(s), capsize=2, lw=1.2, ms=4, marker="o",
+                       ylabel: str, labels: dict[str, str] | None = None) -> Axes:
+    """Fig. 4-6: metric `y` against beta * sigma2; each specified series as a line with
+    95% t-intervals, each learned/MoG trial as a marker (learned ones joined by beta).
+    `table` is the intrinsic-dimension table (`{y}_mean`, `{y}_half` per configuration),
+    `rows` one row per trial."""
+    for g, color, label in spec_groups(table, labels):
+        x, m, h = _np(g, "equivalent_sigma2", f"{y}_mean", f"{y}_half")
+        ax.errorbar(x, m, yerr=np.nan_to_num(h), capsize=2, lw=1.2, ms=4, marker="o",
                     color=color, label=label)
+    if y == "evlb":
+        _learned_line(rows, ax, y)
     for kind in ("learned", "mog"):
         pts = rows.filter(pl.col("noise") == kind)
         if pts.height:
@@ -98,17 +116,21 @@ def plot_vs_equivalent(rows: pl.DataFrame, table: pl.DataFrame, ax: Axes, y: str
     return ax
 
 
-def plot_used_vs_p(rows: pl.DataFrame, table: pl.DataFrame, ax: Axes) -> Axes:
+def plot_used_vs_p(rows: pl.DataFrame, table: pl.DataFrame, ax: Axes,
+                   labels: dict[str, str] | None = None) -> Axes:
     """Theorem 1: used-factor count against beta * sigma2, seed spread (min-max) as a band,
-    the data's true P as a horizontal line."""
-    plot_vs_equivalent(rows, table, ax, "n_used", "used factors (mi_h > 0.5 nats)")
-    for i, (g, color, _) in enumerate(spec_groups(table)):
+    each series' true P as a dashed line in its colour."""
+    plot_vs_equivalent(rows, table, ax, "n_used", "used factors (mi_h > 0.5 nats)", labels)
+    for i, (g, color, _) in enumerate(spec_groups(table, labels)):
         x, lo, hi = _np(g, "equivalent_sigma2", "n_used_min", "n_used_max")
         ax.fill_between(x, lo, hi, alpha=0.18, color=color, lw=0,
                         label="seed range (min-max)" if i == 0 else None)
-    P = table["true_factors"].drop_nulls()
-    if P.len():
-        ax.axhline(int(P[0]), color="k", ls="--", lw=1, label=f"true P = {int(P[0])}")
+        P = g["true_factors"].drop_nulls()
+        if P.len():
+            ax.axhline(int(P[0]), color=color, ls="--", lw=1, label=f"true P = {int(P[0])}")
+    if not spec_groups(table) and table["true_factors"].drop_nulls().len():
+        P = int(table["true_factors"].drop_nulls()[0])
+        ax.axhline(P, color="k", ls="--", lw=1, label=f"true P = {P}")
     ax.legend(fontsize=8)
     return ax
 
@@ -128,13 +150,19 @@ def plot_factor_pulses(factors: pl.DataFrame, top: Axes, bottom: Axes, threshold
     return top, bottom
 
 
-def plot_learned(rows: pl.DataFrame, ax: Axes, y: str, ylabel: str, log: bool) -> Axes:
-    """Fig. 8 (learned sigma2 vs beta) and Fig. 9 (beta * sigma2 vs beta)."""
+def plot_learned(rows: pl.DataFrame, ax: Axes, y: str, ylabel: str, log: bool,
+                 labels: dict[str, str] | None = None) -> Axes:
+    """Fig. 8 (learned sigma2 vs beta) and Fig. 9 (beta * sigma2 vs beta), linear y as in
+    the paper; one mean line per series (every setting but beta and the seed)."""
     rows = rows.sort("beta")
     x, v = _np(rows, "beta", y)
     ax.scatter(x, v, s=30, zorder=3, label="one trial", **STYLE["learned"])
-    mean = rows.group_by("beta", maintain_order=True).agg(pl.col(y).mean())
-    ax.plot(*_np(mean, "beta", y), color="C1", lw=1, label="mean over seeds")
+    groups = rows.partition_by("series_key", maintain_order=True)
+    for i, g in enumerate(groups):
+        mean = g.group_by("beta").agg(pl.col(y).mean()).sort("beta")
+        name = "mean over seeds" if len(groups) == 1 else \
+            f"mean, {(labels or {}).get(g['series_key'][0], '')}"
+        ax.plot(*_np(mean, "beta", y), color=f"C{(i + 1) % 10}", lw=1, label=name)
     if y == "sigma2" and (rows["dataset"] == "mnist").any():
         ax.scatter(list(PAPER_FIG8), list(PAPER_FIG8.values()), marker="x", color="k",
                    label="paper, MNIST (Sec. 8)", zorder=4)
@@ -157,10 +185,15 @@ def plot_equivalence(pairs: pl.DataFrame, ax: Axes, floor: float = -1.0) -> Axes
     low = (x < floor) | (y < floor)
     x, y = np.maximum(x, floor), np.maximum(y, floor)
     kw = dict(s=30, color="C2", edgecolor="k", lw=0.5, zorder=3)
-    ax.scatter(x[~low], y[~low], label="pair of seeds", **kw)
+    if "null_procrustes_r2" in pairs.columns:
+        nx, ny = (np.maximum(v, floor) for v in _np(pairs, "null_permutation_r2",
+                                                    "null_procrustes_r2"))
+        ax.scatter(nx, ny, s=20, marker="x", color="0.5", zorder=2,
+                   label="null: same pair, points shuffled")
+    ax.scatter(x[~low], y[~low], label="pair of seeds (held-out R²)", **kw)
     if low.any():
         ax.scatter(x[low], y[low], marker="v", label=f"R^2 < {floor:g}, drawn at {floor:g}", **kw)
-    lo = float(min(0.0, np.nanmin(np.r_[x, y])))
+    lo = floor if "null_procrustes_r2" in pairs.columns else float(min(0.0, np.nanmin(np.r_[x, y])))
     ax.plot([lo, 1], [lo, 1], color="k", ls="--", lw=1, label="equal")
     ax.set_xlim(lo - 0.03, 1.03)
     ax.set_ylim(lo - 0.03, 1.03)
@@ -184,12 +217,12 @@ def plot_higgins(table: pl.DataFrame, labels: dict[str, str], ax: Axes,
             ax.boxplot([rot], positions=[i], widths=0.5, showfliers=False)
         ax.scatter(np.full(g.height, i) + 0.12, g["higgins"].to_numpy(), color="C3", s=25,
                    zorder=3)
-    P = int(table["true_factors"].drop_nulls()[0])
+    known = table["true_factors"].drop_nulls()
+    P = int(known[0]) if known.len() else 1
     ax.axhline(1 / P, color="k", ls="--", lw=1)
     handles = [Patch(facecolor="none", edgecolor="k", label="random rotations of the used factors"),
-               plt.Line2D([], [], ls="", marker="o", color="C3",
-                          label="trained model, one per seed"),
-               plt.Line2D([], [], ls="--", color="k", label=f"chance 1/P = {1 / P:.2f}")]
+               Line2D([], [], ls="", marker="o", color="C3", label="trained model, one per seed"),
+               Line2D([], [], ls="--", color="k", label=f"chance 1/P = {1 / P:.2f}")]
     ax.set_xticks(range(len(keys)), [labels.get(k, k) for k in keys], rotation=30, ha="right",
                   fontsize=7)
     ax.set_xlim(-0.6, len(keys) - 0.4)
@@ -220,9 +253,28 @@ def plot_tradeoff(frame: pl.DataFrame, ax: Axes, x: str = "kl_qz_pz", y: str = "
     return ax
 
 
+def plot_curves(curves: pl.DataFrame, axes, labels: dict[str, str] | None = None,
+                 ys=(("evlb", "EVLB [nats]"), ("kl_qz_pz", "kl_qz_pz (bound) [nats]"),
+                     ("n_used_factors", "used factors"))):
+    """Learning curves: each metric per epoch, one thin line per trial, coloured by series."""
+    keys = list(dict.fromkeys(curves["series_key"].to_list()))
+    for ax, (y, ylabel) in zip(axes, ys):
+        for (tid,), g in curves.group_by("trial_id", maintain_order=True):
+            i = keys.index(g["series_key"][0])
+            ax.plot(*_np(g.sort("epoch"), "epoch", y), lw=0.8, alpha=0.6,
+                    color=f"C{i % 10}")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("epoch")
+    if 1 < len(keys) <= 10:
+        axes[0].legend(handles=[Line2D([], [], color=f"C{i}", label=(labels or {}).get(k, k))
+                                for i, k in enumerate(keys)], fontsize=7, loc="upper right")
+    return axes
+
+
 def plot_traversal(png: bytes, ax: Axes, title: str) -> Axes:
     """Fig. 12-16: one trial's traversal montage (a block per factor, a row per seed image)."""
-    img = plt.imread(io.BytesIO(png), format="png")
+    img = mpimg.imread(io.BytesIO(png), format="png")
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
     ax.set_title(title, fontsize=8)
     ax.set_xlabel("latent value -3 ... 3")

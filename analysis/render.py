@@ -13,11 +13,12 @@ import math
 import polars as pl
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
-color:#222;line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.2em}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f2}
+color:#222;line-height:1.45}table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.2em;
+max-width:100%}th,td{border:1px solid #ccc;padding:2px 5px;text-align:left;
+overflow-wrap:anywhere;max-width:16em}th{background:#f2f2f2}
 td.n{text-align:right;font-variant-numeric:tabular-nums}.wide{overflow-x:auto}
 pre{background:#f7f7f7;padding:.8em;
-overflow:auto;font-size:12px;max-height:28em}figure{margin:1.2em 0}img{max-width:min(100%,860px);
+overflow:auto;font-size:12px;max-height:28em}figure{margin:1.2em 0}img{max-width:100%;
 border:1px solid #eee}figcaption{font-size:13px;color:#555}.note{color:#a33}
 .lead{font-size:1.1em;background:#eef5ff;padding:.7em 1em;border-left:4px solid #48c}"""
 
@@ -40,10 +41,13 @@ def _rows(frame: pl.DataFrame, limit: int) -> list[list[str]]:
     return [[cell(v) for v in row] for row in frame.head(limit).iter_rows()]
 
 
-def _td(v) -> str:
+def _td(v, links: dict[str, str] | None = None) -> str:
     numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
     attr = ' class="n"' if numeric else ""
-    return f"<td{attr}>{html.escape(cell(v))}</td>"
+    text = html.escape(cell(v))
+    if links and isinstance(v, str) and v in links:
+        text = f'<a href="{html.escape(links[v])}">{text}</a>'
+    return f"<td{attr}>{text}</td>"
 
 
 def table_md(frame: pl.DataFrame, limit: int = 200) -> str:
@@ -58,11 +62,11 @@ def table_md(frame: pl.DataFrame, limit: int = 200) -> str:
     return "\n".join(lines)
 
 
-def table_html(frame: pl.DataFrame, limit: int = 200) -> str:
+def table_html(frame: pl.DataFrame, limit: int = 200, links: dict[str, str] | None = None) -> str:
     if frame.is_empty():
         return "<p><em>(no rows)</em></p>"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(_td(v) for v in row) + "</tr>"
+    body = "".join("<tr>" + "".join(_td(v, links) for v in row) + "</tr>"
                    for row in frame.head(limit).iter_rows())
     more = (f"<p><em>({frame.height - limit} more rows in the Parquet file)</em></p>"
             if frame.height > limit else "")
@@ -97,7 +101,9 @@ def _figure_html(d) -> str:
             f'src="data:image/png;base64,{data}"><figcaption>{cap}</figcaption></figure>')
 
 
-def to_html(blocks: list[tuple], title: str) -> str:
+def to_html(blocks: list[tuple], title: str, links: dict[str, str] | None = None) -> str:
+    """The blocks as one self-contained page; cells equal to a key of `links` (trial ids)
+    link to its value (the per-trial pages)."""
     out = []
     for kind, *args in blocks:
         if kind == "h":
@@ -107,7 +113,7 @@ def to_html(blocks: list[tuple], title: str) -> str:
         elif kind == "lead":
             out.append(f'<p class="lead">{html.escape(args[0])}</p>')
         elif kind == "table":
-            out.append(table_html(args[0]))
+            out.append(table_html(args[0], links=links))
         elif kind == "pre":
             out.append(f"<pre>{html.escape(args[0])}</pre>")
         elif kind == "figure":

@@ -1,76 +1,100 @@
 """`vaestudy report DIR/STUDY`: the study's statistics, figures and a self-contained report.
 
-`build_report(root, study)` writes into ROOT/STUDY/:
+`build_report(root, study, Options(...))` writes into ROOT/STUDY/:
     report.md, report.html         (figures embedded in the HTML as base64 PNG)
+    pages/<trial_id>.html          a page per counted trial, linked from the tables
     analysis/<table>.parquet       every table of the report, all columns
-    analysis/figures/<name>.png    every figure (150 dpi), linked from report.md
-It works on a finished or a still-running study. `summary_table` is the short
-text the CLI prints when a study ends.
+    analysis/figures/<name>.png|svg  every figure (PNG at 150 dpi and SVG)
+It works on a finished or a still-running study (completed trials count unless
+`include_running`). `summary_table` is the short text the CLI prints when a study ends.
 """
 from __future__ import annotations
 
 import io
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+from tqdm import tqdm
 
-from analysis import equivalence, figures, intrinsic, load, render, tradeoff
+from analysis import equivalence, figures, intrinsic, load, render, stats, tradeoff
 from analysis.metrics.section import metrics_frames, metrics_section
 
-# The report's Higgins metric: 500 generated batches of 16 pairs per trial (App. C), 10 rotations;
-# about 16k encoded images a trial, a few seconds on a CPU.
-HIGGINS = {"n_train": 300, "n_test": 200, "batch_size": 16, "rotations": 10}
+
+@dataclass(frozen=True)
+class Options:
+    """What `vaestudy report` takes on the command line (see study/cli.py)."""
+    threshold: float | None = None         # recount used factors with mi > threshold
+    include_running: bool = False          # also running trials, at a common epoch
+    trial: str | None = None               # Fig. 2's trial instead of the automatic choice
+    higgins: str | None = "fast"           # a setting of analysis.higgins.SETTINGS, or None
+    rotations: int = 10                    # App. C: random rotations per trial
+    higgins_seeds: int | None = 3          # Higgins on the lowest k seeds per configuration
+    workers: int | None = None             # Higgins worker processes (default: CPU count)
+    trial_pages: bool = True               # a page per counted trial
+    progress: bool = False                 # tqdm progress bars on stderr
+    metrics: tuple[str, ...] = ()          # issue 16's disentanglement metrics (analysis.metrics)
 
 
-def intrinsic_view(table: pl.DataFrame) -> pl.DataFrame:
-    """The intrinsic-dimension table with short headers for the report (Parquet keeps all)."""
+def intrinsic_view(table: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
+    """The intrinsic-dimension table with short headers for the report (Parquet keeps all);
+    means with 95% t-intervals where n >= 3, else the mean and n."""
     c = pl.col
     sigma2 = pl.when(c("noise") == "specified").then(c("sigma2_cfg")).otherwise(c("sigma2_mean"))
-    return table.select(
-        "noise", "beta", sigma2.alias("sigma2 (learnt)"), c("equivalent_sigma2").alias("β·σ²"),
-        c("latent_dim").alias("H"), "seeds",
-        pl.format("{} ± {}", c("n_used_mean").round(2), c("n_used_std").round(2).fill_null(0))
-        .alias("used (mean ± sd)"),
+    return _labelled(table, labels).select(
+        "configuration", "noise", "beta", sigma2.alias("σ² (learnt)"),
+        c("equivalent_sigma2").alias("β·σ²"), "n",
+        pl.format("{}–{}", c("epoch_min"), c("epoch_max")).alias("epochs"),
+        stats.fmt_expr("n_used", "n").alias("used factors"),
         pl.format("{}–{}", c("n_used_min"), c("n_used_max")).alias("used range"),
-        c("n_normal_mean").alias("normal-var"), c("mi_xz_mean").alias("mi_xz"),
-        c("kl_qz_pz_mean").alias("kl_qz_pz"), c("evlb_mean").alias("EVLB"),
-        c("true_factors").alias("P"), c("frac_at_P").alias("seeds at P"),
-        c("mae_P").alias("|used − P|"))
+        stats.fmt_expr("n_normal", "n").alias("normal-var"),
+        stats.fmt_expr("mi_xz", "n").alias("mi_xz (bound)"),
+        stats.fmt_expr("mi_xz_est", "n").alias("I(x;z) est."),
+        stats.fmt_expr("kl_qz_pz", "n").alias("kl_qz_pz (bound)"),
+        stats.fmt_expr("kl_qz_pz_est", "n").alias("KL(q(z)‖p(z)) est."),
+        stats.fmt_expr("tc_est", "n").alias("TC est."),
+        stats.fmt_expr("evlb", "n", 5).alias("EVLB"),
+        c("true_factors").alias("P"), c("frac_at_P").alias("at P"))
 
 
-def state_counts(trials: pl.DataFrame, status: pl.DataFrame) -> pl.DataFrame:
-    """Trials by state: status files, plus trials with rows but no status file yet."""
-    known = status.select("trial_id", "state")
-    extra = trials.join(known, on="trial_id", how="anti").select("trial_id", "state")
-    return (pl.concat([known, extra]).group_by("state").agg(pl.len().alias("trials"))
-            .sort("state"))
+def state_counts(status: pl.DataFrame, trials: pl.DataFrame) -> pl.DataFrame:
+    """Trials by state (stale running trials apart), plus trials with rows but no status."""
+    known = status.select("trial_id", "state", "stale")
+    extra = trials.join(known, on="trial_id", how="anti").select("trial_id", "state", "stale")
+    state = pl.when(pl.col("stale")).then(pl.lit("running (stale)")).otherwise(pl.col("state"))
+    return (pl.concat([known, extra]).with_columns(state.alias("state"))
+            .group_by("state").agg(pl.len().alias("trials")).sort("state"))
 
 
-def config_labels(rows: pl.DataFrame) -> dict[str, str]:
-    """config_key -> 'specified b=1 s2=0.01 H=128' for figures and tables."""
-    out = {}
-    for r in rows.unique("config_key", keep="first").iter_rows(named=True):
-        s2 = "" if r["noise"] != "specified" else f" s2={r['sigma2_cfg']:g}"
-        out[r["config_key"]] = f"{r['noise']} b={r['beta']:g}{s2} H={r['latent_dim']}"
-    return out
+def not_counted(trials: pl.DataFrame, status: pl.DataFrame, counted_ids: list[str],
+                labels: dict[str, str]) -> pl.DataFrame:
+    """Every trial left out of the aggregates: its state, last epoch and reason."""
+    last = trials.select("trial_id", "config_key", pl.col("last_epoch").alias("epoch"))
+    out = (status.join(last, on="trial_id", how="left")
+           .filter(~pl.col("trial_id").is_in(counted_ids))
+           .with_columns(pl.when(pl.col("stale")).then(pl.lit("running (stale: no live driver)"))
+                         .otherwise(pl.col("state")).alias("state"))
+           .select("trial_id", "config_key", "state", "epoch", "error").sort("state", "trial_id"))
+    return _labelled(out, labels)
 
 
-def choose_trial(rows: pl.DataFrame) -> str | None:
-    """Fig. 2/16's model: a learned-noise beta = 1 trial as in Fig. 2; else, where the data's
-    P is known, the trial whose used-factor count is closest to P; else the best EVLB. Among
-    those, one with both used and unused factors, so both kinds of pulse show."""
-    if rows.is_empty():
+# Fig. 2: learned noise, beta = 10, equivalent sigma2 0.112; Fig. 16: specified sigma2 = 0.11.
+PAPER_PULSES = {"fig2": ("learned", 10.0, 0.112), "fig16": ("specified", 1.0, 0.11)}
+
+
+def choose_trial(rows: pl.DataFrame, figure: str = "fig2") -> str | None:
+    """Fig. 2/16's model: the counted trial of that noise kind closest (in log distance) to
+    the paper's beta and equivalent variance; among equally close ones the best EVLB."""
+    kind, beta, eq = PAPER_PULSES[figure]
+    pick = rows.filter((pl.col("noise") == kind) & (pl.col("equivalent_sigma2") > 0)) \
+        if rows.height else rows
+    if not pick.height:
         return None
-    pref = rows.filter((pl.col("noise") == "learned") & (pl.col("beta") == 1.0))
-    pick = pref if pref.height else rows
-    mixed = pick.filter((pl.col("n_used") > 0) & (pl.col("n_used") < pl.col("latent_dim")))
-    pick = mixed if mixed.height else pick
-    if not pref.height and "true_factors" in pick.columns and \
-            pick["true_factors"].is_not_null().any():
-        pick = pick.with_columns(gap=(pl.col("n_used") - pl.col("true_factors")).abs())
-        return pick.sort("gap", pl.col("evlb").neg(), nulls_last=True)["trial_id"][0]
-    return pick.sort("evlb", descending=True, nulls_last=True)["trial_id"][0]
+    gap = ((pl.col("beta") / beta).log().abs() + (pl.col("equivalent_sigma2") / eq).log().abs())
+    return pick.with_columns(gap=gap).sort("gap", pl.col("evlb").neg(),
+                                           nulls_last=True)["trial_id"][0]
 
 
 def pick_traversals(root: str, study: str, rows: pl.DataFrame, k: int = 3) -> dict[str, bytes]:
@@ -79,45 +103,74 @@ def pick_traversals(root: str, study: str, rows: pl.DataFrame, k: int = 3) -> di
     if first.is_empty():
         return {}
     idx = sorted({round(i * (first.height - 1) / max(k - 1, 1)) for i in range(k)})
-    picks = {}
-    for tid in first["trial_id"].gather(idx).to_list():
-        if (png := load.traversal_png(root, study, tid)) is not None:
-            picks[tid] = png
-    return picks
+    return {tid: png for tid in first["trial_id"].gather(idx).to_list()
+            if (png := load.traversal_png(root, study, tid)) is not None}
 
 
-def compute_tables(root: str, study: str, *, higgins: bool = True, threshold: float | None = None,
-                   trial: str | None = None, higgins_opts: dict | None = None,
-                   metrics: tuple[str, ...] = ()) -> figures.Tables:
+def labels(rows: pl.DataFrame) -> dict[str, str]:
+    """config_key and series_key -> the settings in which they differ from the others."""
+    if not rows.height:
+        return {}
+    by_config = dict(rows.unique("config_key").select("config_key", "config").iter_rows())
+    by_series = dict(rows.unique("series_key").select("series_key", "config").iter_rows())
+    return {**load.differing_labels(by_config),
+            **load.differing_labels(by_series, drop=("noise.sigma2", "noise.beta"))}
+
+
+def steps(opts: Options, n: int):
+    """A tqdm bar over the report's n steps (silent unless opts.progress)."""
+    return tqdm(total=n, desc="report", unit="step", disable=not opts.progress, file=sys.stderr)
+
+
+def compute_tables(root: str, study: str, opts: Options = Options()) -> figures.Tables:
     """Every table of the report (Polars, collected once each) and what the figures need."""
-    trials = load.trials(root, study).collect()
-    factors = load.factors(root, study).collect()
-    rows = intrinsic.per_trial(trials.lazy(), factors.lazy(), threshold).collect()
+    bar = steps(opts, 5)
+    all_rows = load.trials(root, study, last=False).collect()
+    last = all_rows.filter(pl.col("epoch") == pl.col("last_epoch"))
+    rows_lazy = load.counted(all_rows.lazy(), opts.include_running)
+    factors = load.dedupe(load.scan_factors(root, study).join(           # scanned once
+        rows_lazy.select("trial_id", "epoch"), on=["trial_id", "epoch"], how="semi"),
+        "factors").collect().lazy()
+    rows = intrinsic.per_trial(rows_lazy, factors, opts.threshold).collect()
     status = load.status_frame(root, study)
-    frames = {"states": state_counts(trials, status),
-              "failures": status.filter(pl.col("state").is_in(["failed", "diverged"])),
+    L = labels(last)
+    ids = rows["trial_id"].to_list()
+    frames = {"states": state_counts(status, last),
+              "not_counted": not_counted(last, status, ids, L),
               "per_trial": rows,
+              "curves": all_rows.filter(pl.col("trial_id").is_in(ids)).select(
+                  "trial_id", "config_key", "series_key", "epoch", "evlb", "train_loss",
+                  "mi_xz", "kl_qz_pz", "n_used_factors", "sigma2").sort("trial_id", "epoch"),
               "intrinsic_dimension": intrinsic.aggregate(rows.lazy()).collect(),
               "learned_noise": intrinsic.learned_noise(rows.lazy()).collect(),
-              "tradeoff": tradeoff.tradeoff(trials.lazy())}
-    codes = equivalence.trial_codes(trials.lazy(), factors.lazy(), load.codes(root, study))
+              "tradeoff": tradeoff.tradeoff(rows.lazy())}
+    bar.update()
+    codes = equivalence.trial_codes(rows.lazy(), factors, load.codes(root, study))
     frames["seed_pairs"] = equivalence.seed_pairs(codes)
+    frames["seed_agreement"] = equivalence.seed_agreement(frames["seed_pairs"])
     frames["ground_truth"] = equivalence.ground_truth(codes)
-    if higgins:
-        h = equivalence.higgins_table(root, study, trials.lazy(), factors.lazy(),
-                                      **{**HIGGINS, **(higgins_opts or {})})
+    bar.update()
+    if opts.higgins:
+        h = equivalence.higgins_table(root, study, rows.lazy(), factors, rotations=opts.rotations,
+                                      setting=opts.higgins, workers=opts.workers,
+                                      progress=opts.progress,
+                                      seeds_per_config=opts.higgins_seeds)
         frames["higgins"], frames["higgins_spread"] = h, equivalence.higgins_spread(h)
-    frames.update(metrics_frames(root, study, metrics) if metrics else {})   # issue 16
-    chosen = trial or choose_trial(rows)
-    frames["factors"] = factors.filter(pl.col("trial_id") == chosen) if chosen else factors.clear()
+    frames.update(metrics_frames(root, study, opts.metrics) if opts.metrics else {})  # issue 16
+    bar.update()
+    chosen = {"fig2": opts.trial or choose_trial(rows, "fig2"), "fig16": choose_trial(rows, "fig16")}
+    keep = [t for t in chosen.values() if t]
+    frames["factors"] = factors.filter(pl.col("trial_id").is_in(keep)).collect()
     picks = pick_traversals(root, study, rows)
     front = search_front(root, study)
     if front is not None:              # an Optuna search: its own objectives' front
-        frames["tradeoff"] = frames["tradeoff"].with_columns(
-            pareto=pl.col("trial_id").is_in(front["trial_id"].to_list()))
+        frames["search_front"] = front
         picks = {tid: png for tid in front["trial_id"].to_list()[:3]
                  if (png := load.traversal_png(root, study, tid)) is not None} or picks
-    return figures.Tables(frames, picks, config_labels(rows), chosen)
+    pulses = {t: load.traversal_png(root, study, t) for t in keep}
+    bar.update()
+    bar.close()
+    return figures.Tables(frames, picks, L, chosen, {k: v for k, v in pulses.items() if v})
 
 
 def search_front(root: str, study: str) -> pl.DataFrame | None:
@@ -126,7 +179,6 @@ def search_front(root: str, study: str) -> pl.DataFrame | None:
     path = st.path("analysis", "pareto.parquet")
     if not st.exists(path):
         return None
-    import io
     return pl.read_parquet(io.BytesIO(st.read_bytes(path)))
 
 
@@ -143,7 +195,10 @@ def lead(study: str, t: figures.Tables) -> str:
     states = dict(t.get("states").iter_rows())
     said = intrinsic.reached_p(t.get("intrinsic_dimension"))
     counts = ", ".join(f"{n} {s}" for s, n in states.items()) or "no trials yet"
-    return (said + " " if said else "") + f"Study {study!r}: {counts}."
+    rows = t.get("per_trial")
+    span = (f" Aggregates count {rows.height} trials at epochs {rows['epoch'].min()}–"
+            f"{rows['epoch'].max()}." if rows.height else " No trial is counted yet.")
+    return (said + " " if said else "") + f"Study {study!r}: {counts}." + span
 
 
 def _about(spec: dict | None) -> list[tuple]:
@@ -157,43 +212,114 @@ def _about(spec: dict | None) -> list[tuple]:
     return [("p", text)] if text else []
 
 
-def _overview(study: str, t: figures.Tables, spec: dict | None) -> list[tuple]:
+def _floor_notes(t: figures.Tables) -> list[tuple]:
+    """Where a mixture's components sit on the variance floor, say so."""
+    rows = t.get("per_trial")
+    stuck = rows.filter(pl.col("pi_at_floor") > 0) if rows.height else rows
+    if not stuck.height:
+        return []
+    worst = stuck.sort("pi_at_floor", descending=True).row(0, named=True)
+    return [("p", f"Mixture noise: {stuck.height} trial(s) have components stuck at the variance "
+                  f"floor (var_floor), up to pi = {worst['pi_at_floor']:.2f} in trial "
+                  f"{worst['trial_id']}; pixels reconstructed exactly (e.g. MNIST's background) "
+                  "make that component's precision dominate the equivalent variance.")]
+
+
+def _overview(study: str, t: figures.Tables, spec: dict | None, opts: Options) -> list[tuple]:
+    which = ("completed and running trials, compared at a common epoch" if opts.include_running
+             else "completed trials only (running, stopped, failed and stale trials are listed "
+                  "below, not averaged)")
     out = [("h", 1, f"Study {study}: analysis report"), ("lead", lead(study, t)), *_about(spec),
            ("h", 2, "Trials by state"), ("table", t.get("states"))]
-    if t.get("failures").height:
-        out += [("p", "Trials that failed or diverged, with their reason:"),
-                ("table", t.get("failures"))]
+    if t.get("not_counted").height:
+        out += [("p", "Trials not counted, with their last epoch and reason:"),
+                ("table", t.get("not_counted"))]
     return out + [
         ("h", 2, "Intrinsic dimension (Theorem 1)"),
-        ("p", "Per configuration across seeds at each trial's last evaluated epoch; used factors "
-              "have mi_h > 0.5 nats (App. E); the equivalent variance is beta * sigma2 "
-              "(Sec. 7.2.1), with the learned sigma2 for learned noise."),
-        ("table", intrinsic_view(t.get("intrinsic_dimension")))]
+        ("p", f"Per configuration across seeds ({which}); n trials and the epoch range of each "
+              "row; means ± the 95% t-interval's half width where n ≥ 3, else the mean alone. "
+              "Used factors have mi_h > 0.5 nats (App. E). The equivalent variance is "
+              "β·σ² (Sec. 7.2.1), with the learned σ² for learned noise and, for a mixture, "
+              "β / Σ_k π_k/σ²_k. mi_xz and kl_qz_pz are the paper's bounds (Def. 2: I(x;z) + "
+              "KL(q(z)‖q*(z)); Def. 4: KL(q*(z)‖p(z))); the 'est.' columns estimate I(x;z), "
+              "KL(q(z)‖p(z)) and the total correlation themselves (Monte Carlo on the "
+              "aggregate posterior of 1,000 evaluation points; at most log 1000 ≈ 6.9 nats)."),
+        ("table", intrinsic_view(t.get("intrinsic_dimension"), t.labels)), *_floor_notes(t)]
 
 
-def _equivalence(t: figures.Tables) -> list[tuple]:
-    L, front = t.labels, t.get("tradeoff")
-    return [
+def _agreement_view(table: pl.DataFrame, L: dict) -> pl.DataFrame:
+    c = pl.col
+    diff = pl.struct(m=c("diff_mean"), lo=c("diff_low"), hi=c("diff_high"), n=c("pairs"))
+    show = diff.map_elements(lambda r: stats.fmt(r["m"], None if r["lo"] is None else
+                                                 (r["hi"] - r["lo"]) / 2, r["n"]),
+                             return_dtype=pl.String)
+    return _labelled(table, L).select(
+        "configuration", "pairs", c("procrustes_r2").alias("Procrustes R²"),
+        c("permutation_r2").alias("permutation R²"), show.alias("difference"),
+        c("null_diff_mean").alias("null difference"),
+        c("verdict").replace("", "— (interval includes the null)").alias("verdict"))
+
+
+def _equivalence(t: figures.Tables, opts: Options = Options()) -> list[tuple]:
+    L = t.labels
+    out = [
         ("h", 2, "Factor equivalence (Theorems 4-5)"),
-        ("p", "Pairs of seeds of one configuration: R^2 after aligning their used factors by an "
-              "orthogonal Procrustes fit and by the best signed permutation."),
-        ("table", _labelled(t.get("seed_pairs"), L)),
-        ("h", 3, "Against the ground-truth factors"),
-        ("table", _labelled(t.get("ground_truth"), L)),
-        ("h", 3, "Higgins et al. metric (App. C): across seeds and under random rotations"),
-        ("table", _labelled(t.get("higgins_spread"), L)),
-        ("h", 2, "Trade-off: Pareto-optimal trials (max EVLB, min kl_qz_pz)"),
-        ("table", _labelled(front.filter(pl.col("pareto")), L) if front.height else front),
-        ("h", 2, "Learned noise (Fig. 8-9)"), ("table", t.get("learned_noise"))]
+        ("p", "Pairs of seeds of one configuration: their used factors aligned by an orthogonal "
+              "Procrustes fit and by the best signed permutation, each fitted on half of the "
+              "evaluation points and scored (R²) on the other half. The null is the same pair "
+              "with one trial's points shuffled (unrelated codes). A verdict is stated only where "
+              "the 95% t-interval (over seed pairs) of the difference's excess over the null "
+              "excludes 0."),
+        ("table", _agreement_view(t.get("seed_agreement"), L)),
+        ("h", 3, "Against the ground-truth factors (held out)"),
+        ("table", _labelled(t.get("ground_truth"), L))]
+    if "higgins_spread" in t.frames:
+        setting = t.get("higgins")["setting"][0] if t.get("higgins").height else ""
+        k = f" Scored on the lowest {opts.higgins_seeds} seeds of each configuration." \
+            if opts.higgins_seeds else ""
+        note = k + ("" if setting == "published" else
+                    f" Setting '{setting}': fewer and smaller batches than disentanglement_lib's "
+                "(64 pairs, 10,000 train / 5,000 eval samples); these numbers are not comparable "
+                "with published scores (`--higgins published` computes those).")
+        out += [("h", 3, "Higgins et al. metric (App. C): across seeds and under random rotations"),
+                ("p", "Eval accuracy of scikit-learn's LogisticRegression (train accuracy beside "
+                      "it). `no_used_factor` counts seeds with no used factor (a collapsed "
+                      "model): their score says nothing about disentanglement." + note),
+                ("table", _labelled(t.get("higgins_spread"), L))]
+    return out
 
 
-def blocks(root: str, study: str, t: figures.Tables, drawn: list) -> list[tuple]:
+def _tradeoff(t: figures.Tables) -> list[tuple]:
+    L, trade = t.labels, t.get("tradeoff")
+    view = ["configuration", "trial_id", "seed", "epoch", "equivalent_sigma2", "evlb",
+            "recon_mse", "mi_xz", "kl_qz_pz", "n_used_factors"]
+    front = _labelled(trade.filter(pl.col("pareto")), L).select(view) if trade.height else trade
+    out = [("h", 2, "Trade-off: Pareto-optimal trials (max EVLB, min kl_qz_pz)"),
+           ("table", front)]
+    if "search_front" in t.frames:
+        front = t.get("search_front")
+        names = figures.search_objectives(front)
+        out += [("h", 3, f"The search's own Pareto front ({', '.join(names)})"),
+                ("table", _labelled(front, L))]
+    return out + [("h", 2, "Learned noise (Fig. 8-9)"),
+                  ("table", _labelled(t.get("learned_noise"), L))]
+
+
+# Further report sections: functions (t, opts) -> list of blocks, appended after the
+# disentanglement metrics (issue 16's `metrics_section`).
+SECTIONS: list = []
+
+
+def blocks(root: str, study: str, t: figures.Tables, drawn: list,
+           opts: Options = Options()) -> list[tuple]:
     """The report's content, in order, for `render.markdown` and `render.to_html`."""
     spec = load.study_spec(root, study)
     text = json.dumps(spec, indent=1, default=str) if spec else \
         "(no study.json: a `vaestudy train` study)"
-    return (_overview(study, t, spec) + [("h", 2, "Figures")] + [("figure", d) for d in drawn]
-            + _equivalence(t) + metrics_section(t.frames.get("metrics"), t.labels)
+    extra = [b for section in SECTIONS for b in section(t, opts)]
+    return (_overview(study, t, spec, opts) + [("h", 2, "Figures")]
+            + [("figure", d) for d in drawn] + _equivalence(t, opts)
+            + metrics_section(t.frames.get("metrics"), t.labels) + extra + _tradeoff(t)
             + [("h", 2, "Spec"), ("pre", text)])
 
 
@@ -206,39 +332,46 @@ def write_tables(st, frames: dict[str, pl.DataFrame]) -> None:
         st.write_bytes(st.path("analysis", f"{name}.parquet"), buf.getvalue())
 
 
-def build_report(root: str, study: str, *, higgins: bool = True, trial: str | None = None,
-                 higgins_opts: dict | None = None, metrics: tuple[str, ...] = ()) -> Path:
-    """Write report.md, report.html, analysis/*.parquet and analysis/figures/*.png; return
-    the path of report.html (under ROOT/STUDY)."""
+def build_report(root: str, study: str, opts: Options = Options(), **kw) -> Path:
+    """Write report.md, report.html, analysis/*.parquet, analysis/figures/*.png|svg and (with
+    opts.trial_pages) pages/<id>.html; return the path of report.html (under ROOT/STUDY).
+    Keyword arguments override fields of `opts`."""
+    from dataclasses import replace
+
+    from analysis import pages
+    opts = replace(opts, **kw)
     st = load.store(root, study)
-    t = compute_tables(root, study, higgins=higgins, trial=trial, higgins_opts=higgins_opts,
-                       metrics=metrics)
+    t = compute_tables(root, study, opts)
     write_tables(st, t.frames)
-    drawn = figures.draw_all(t)
+    drawn = figures.draw_all(t, progress=opts.progress)
     for d in drawn:
-        if d.png:
-            st.write_bytes(st.path("analysis", "figures", f"{d.name}.png"), d.png)
-    b = blocks(root, study, t, drawn)
+        for ext, data in (("png", d.png), ("svg", d.svg)):
+            if data:
+                st.write_bytes(st.path("analysis", "figures", f"{d.name}.{ext}"), data)
+    b = blocks(root, study, t, drawn, opts)
+    links = pages.write_trial_pages(root, study, t, opts.progress) if opts.trial_pages else {}
     st.write_bytes(st.path("report.md"), render.markdown(b, "analysis/figures").encode())
-    st.write_bytes(st.path("report.html"), render.to_html(b, f"{study}: report").encode())
+    st.write_bytes(st.path("report.html"),
+                   render.to_html(b, f"{study}: report", links).encode())
     return Path(st.path("report.html"))
 
 
 def summary_table(root: str, study: str) -> str:
-    """One line per configuration: noise, beta, sigma2 / equivalent variance, seeds, used
-    factors mean ± sd, EVLB mean. What `vaestudy run` prints when a study ends."""
+    """One line per configuration: noise, beta, sigma2 / equivalent variance, n, used factors
+    (mean ± 95% t half width where n >= 3), EVLB mean. What `vaestudy run` prints at the end."""
     table = intrinsic.from_study(root, study)
     if table.is_empty():
-        return "no finished trial yet"
-    head = f"{'noise':<10}{'beta':>7}{'sigma2':>10}{'equiv.var':>11}{'seeds':>6}" \
-           f"{'used factors':>15}{'evlb':>11}"
+        return "no completed trial yet"
+    head = f"{'noise':<10}{'beta':>7}{'sigma2':>10}{'equiv.var':>11}{'n':>4}{'epochs':>9}" \
+           f"  {'used factors':<22}{'evlb':>11}"
     lines = [head]
     for r in table.iter_rows(named=True):
-        sd = r["n_used_std"] if r["n_used_std"] is not None else 0.0
         s2 = r["sigma2_cfg"] if r["noise"] == "specified" else r["sigma2_mean"]   # learnt
+        used = stats.fmt(r["n_used_mean"], r["n_used_half"], r["n"])
         lines.append(f"{r['noise']:<10}{r['beta']:>7.3g}{s2:>10.3g}"
-                     f"{r['equivalent_sigma2']:>11.3g}{r['seeds']:>6}"
-                     f"{r['n_used_mean']:>9.2f} ± {sd:<4.2f}{r['evlb_mean']:>11.1f}")
+                     f"{r['equivalent_sigma2']:>11.3g}{r['n']:>4}"
+                     f"{str(r['epoch_min']) + '-' + str(r['epoch_max']):>9}  {used:<22}"
+                     f"{r['evlb_mean']:>11.1f}")
     P = table["true_factors"].drop_nulls()
     if P.len():
         lines.append(f"(true intrinsic dimension P = {int(P[0])})")

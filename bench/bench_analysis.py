@@ -1,16 +1,20 @@
-"""Benchmark: the analysis on a large generated study, Polars (lazy) against pandas.
+"""Benchmark: the analysis on large generated studies.
 
-Generates 1,000 trials x 50 evaluated epochs x 128 factors (6.4 M factor rows) in
-the result store's format (one merged file per trial and table, status files, and
-1% of trials with a duplicated epoch left by a crash window), then times
+Part 1, aggregation: 1,000 trials x 50 evaluated epochs x 128 factors (6.4 M factor
+rows) in the result store's format (one merged file per trial and table, status
+files, 1% of trials with a duplicated epoch left by a crash window); times the
+intrinsic-dimension aggregation (Theorem 1's table) with Polars and with pandas
+(pyarrow reader, drop_duplicates, merge, groupby), and every table of the report
+(`compute_tables`, no Higgins). Target: < 10 s for the Polars steps.
 
-  - the intrinsic-dimension aggregation (Theorem 1's table) with Polars,
-  - the same aggregation with pandas (pyarrow reader, drop_duplicates, merge, groupby),
-  - every table of the report (`compute_tables`, no Higgins: it needs checkpoints),
-
-and prints medians and the pandas/Polars ratio. Target: < 10 s for the Polars steps.
+Part 2, the report: 1,000 intrinsic-data trials (5 epochs, 10 factors, codes and a
+real checkpoint each); times `build_report` with tables, study-level figures and the
+fast Higgins setting in parallel, no per-trial pages (target < 5 min on 2 cores), and
+prints the per-trial cost of a per-trial page and of the published Higgins setting
+(measured on --full-fraction of its samples and scaled up).
 
     .venv/bin/python bench/bench_analysis.py [--trials 1000] [--epochs 50] [--factors 128]
+    .venv/bin/python bench/bench_analysis.py --smoke-test          # seconds; for CI
 """
 from __future__ import annotations
 
@@ -64,8 +68,14 @@ def trial_table(cfg: TrialConfig, tid: str, E: int, rng, skew: float = 0.0) -> p
             "noise_pi": [None] * E, "noise_sigma2_k": [None] * E, "eval_points": [10000] * E,
             "used_threshold": [0.5] * E, "var_floor": [1e-6] * E, "true_factors": [None] * E,
             "config": [json.dumps(cfg.to_dict(), sort_keys=True)] * E,
-            "code_version": ["bench"] * E, "host": ["h"] * E, "wall_time": np.arange(E) * 1.0,
+            "code_version": ["bench"] * E, "host": ["h"] * E, "node": ["h"] * E,
+            "wall_time": np.arange(E) * 1.0,
             "written_at": [T0 + timedelta(seconds=e + skew) for e in range(E)]}
+    cols.update({"mi_xz_est": rng.uniform(2, 6, E), "kl_qz_pz_est": rng.uniform(0, 2, E),
+                 "tc_est": rng.uniform(0, 1, E), "normal_var_tol": [0.1] * E,
+                 "equivalent_sigma2_arith": [cfg.noise.beta * s2] * E})
+    for f in SCHEMAS["trials"]:          # columns a later format adds: null, never a KeyError
+        cols.setdefault(f.name, [None] * E)
     return pa.table(cols, schema=SCHEMAS["trials"])
 
 
@@ -104,9 +114,10 @@ def pandas_intrinsic(root: str):
     last = trials[trials["epoch"] == trials.groupby("trial_id")["epoch"].transform("max")].copy()
     status = pd.DataFrame(st.all_status())[["trial_id", "state"]]
     last = last.merge(status, on="trial_id", how="left")
-    last = last[last["state"].isin(["completed", "running"])]
+    last = last[last["state"].isin(list(load.COUNTED))]
     last["sigma2_cfg"] = last["config"].map(lambda c: json.loads(c)["noise"]["sigma2"])
     last["config_key"] = last["config"].map(load.config_key)
+    last["series_key"] = last["config"].map(load.series_key)
     f = pq.read_table(st.path("factors")).to_pandas()
     f = f.merge(last[["trial_id", "epoch"]], on=["trial_id", "epoch"])
     f = f.drop_duplicates(["trial_id", "epoch", "factor"])
@@ -131,13 +142,109 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def report_configs(n: int) -> list[TrialConfig]:
+    """Intrinsic data (P = 3): 10 seeds per configuration; specified noise (25 sigma2 x 3
+    beta) for three quarters, learned noise (25 beta) for the rest."""
+    out = []
+    for i in range(n):
+        seed, k = i % 10, i // 10
+        noise = ({"kind": "specified", "sigma2": 0.001 * (1 + k % 25),
+                  "beta": (1.0, 2.0, 4.0)[k // 25 % 3]} if i < 3 * n // 4
+                 else {"kind": "learned", "beta": 0.5 + k % 25})
+        out.append(TrialConfig.from_dict({
+            "dataset": {"name": "intrinsic", "factors": 3, "n": 600}, "noise": noise,
+            "model": {"latent_dim": 10}, "train": {"seed": seed, "epochs": 5}}))
+    return out
+
+
+def generate_report_study(root: str, n: int, E: int = 5, points: int = 200) -> None:
+    """Trials, factors, codes, status and one real (untrained) checkpoint per trial."""
+    import torch
+
+    from trainables.data import intrinsic_phi
+    from trainables.vae import VAE
+
+    st, rng = ResultStore(root, STUDY), np.random.default_rng(1)
+    cfgs = report_configs(n)
+    phi, _ = intrinsic_phi(cfgs[0].dataset)
+    shape = tuple(phi(torch.zeros(1, 3)).shape[1:])
+    states = {}
+    for i, cfg in enumerate(cfgs):
+        if cfg.noise.kind not in states:                 # one real VAE per noise kind
+            states[cfg.noise.kind] = {"vae": VAE(shape, cfg).state_dict()}
+        state = states[cfg.noise.kind]
+        tid = f"r{i:05d}"
+        t = trial_table(cfg, tid, E, rng)
+        t = t.set_column(t.schema.get_field_index("dataset"), "dataset",
+                         pa.array(["intrinsic"] * E)).set_column(
+            t.schema.get_field_index("latent_dim"), "latent_dim", pa.array([10] * E)).set_column(
+            t.schema.get_field_index("true_factors"), "true_factors", pa.array([3] * E))
+        truth = rng.standard_normal((points, 3))
+        mu = truth @ rng.standard_normal((3, 10)) + 0.1 * rng.standard_normal((points, 10))
+        codes = pa.table({"study": [STUDY] * points, "trial_id": [tid] * points,
+                          "epoch": [E] * points, "point": np.arange(points),
+                          "index": np.arange(points), "mu": mu.astype(np.float32).tolist(),
+                          "logvar": np.full((points, 10), -2.0, np.float32).tolist(),
+                          "truth": truth.astype(np.float32).tolist()}, schema=SCHEMAS["codes"])
+        for table, data in (("trials", t), ("factors", factor_table(tid, E, 10, rng)),
+                            ("codes", codes)):
+            Path(st.path(table, tid)).mkdir(parents=True, exist_ok=True)
+            pq.write_table(data, st.path(table, tid, f"part-000001-{E:06d}.parquet"))
+        st.save_checkpoint(tid, E, state, keep=1)
+        st.set_status(tid, "completed")
+
+
+def report_costs(root: str, a) -> dict[str, float]:
+    """Seconds: the report (fast Higgins, no pages); per trial: a page, the published Higgins."""
+    from analysis import equivalence, higgins, pages
+    from analysis.report import Options, build_report, compute_tables
+
+    out = {}
+    t = time.perf_counter()
+    build_report(root, STUDY, Options(trial_pages=False, progress=True, rotations=a.rotations))
+    out["report"] = time.perf_counter() - t
+    tables = compute_tables(root, STUDY, Options(higgins=None))
+    k = min(5, tables.get("per_trial").height)
+    tables.frames["per_trial"] = tables.get("per_trial").head(k)
+    t = time.perf_counter()
+    pages.write_trial_pages(root, STUDY, tables)
+    out["page"] = (time.perf_counter() - t) / k
+    row = tables.get("per_trial").row(0, named=True)
+    made = equivalence.trial_truth(root, STUDY, row["trial_id"], row["config"])
+    small = {k: max(int(v * a.full_fraction), 1) if k != "batch_size" else v
+             for k, v in higgins.PUBLISHED.items()}
+    t = time.perf_counter()
+    higgins.compute_higgins(*made, np.random.default_rng(0), **small)
+    out["higgins_full"] = (time.perf_counter() - t) / a.full_fraction
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--factors", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--report-trials", type=int, default=1000)
+    p.add_argument("--rotations", type=int, default=10)
+    p.add_argument("--full-fraction", type=float, default=0.05,
+                   help="share of the published Higgins setting's samples timed (scaled up)")
+    p.add_argument("--skip-aggregation", action="store_true")
+    p.add_argument("--skip-report", action="store_true")
+    p.add_argument("--smoke-test", action="store_true", help="tiny sizes, for CI")
     a = p.parse_args()
+    if a.smoke_test:
+        a.trials, a.epochs, a.factors, a.repeats = 20, 3, 8, 1
+        a.report_trials, a.rotations, a.full_fraction = 20, 2, 0.002
+    ok = True
+    if not a.skip_aggregation:
+        ok &= aggregation(a)
+    if not a.skip_report:
+        ok &= report_bench(a)
+    return 0 if ok or a.smoke_test else 1
+
+
+def aggregation(a) -> bool:
     with tempfile.TemporaryDirectory() as root:
         t = time.perf_counter()
         generate(root, a.trials, a.epochs, a.factors)
@@ -145,9 +252,10 @@ def main() -> int:
               f"{a.trials * a.epochs * a.factors:,} factor rows in {time.perf_counter() - t:.1f} s")
         pl_s, pl_out = timed(lambda: intrinsic.from_study(root, STUDY), a.repeats)
         pd_s, pd_out = timed(lambda: pandas_intrinsic(root), a.repeats)
-        rep_s, tables = timed(lambda: report.compute_tables(root, STUDY, higgins=False), a.repeats)
+        opts = report.Options(higgins=None)
+        rep_s, tables = timed(lambda: report.compute_tables(root, STUDY, opts), a.repeats)
         assert len(pl_out) == len(pd_out), (len(pl_out), len(pd_out))
-        assert int(pl_out["seeds"].sum()) == int(pd_out["seeds"].sum()) == a.trials
+        assert int(pl_out["n"].sum()) == int(pd_out["seeds"].sum()) == a.trials
         print(f"\n{'step (median of ' + str(a.repeats) + ')':<44}{'Polars s':>10}{'pandas s':>10}"
               f"{'pandas/Polars':>15}")
         print(f"{'intrinsic-dimension aggregation':<44}{pl_s:>10.2f}{pd_s:>10.2f}"
@@ -157,7 +265,27 @@ def main() -> int:
               + ", ".join(f"{k} {v.height}" for k, v in tables.frames.items()))
         ok = pl_s < 10 and rep_s < 10
         print("target < 10 s:", "met" if ok else "MISSED")
-    return 0
+        return ok
+
+
+def report_bench(a) -> bool:
+    with tempfile.TemporaryDirectory() as root:
+        t = time.perf_counter()
+        generate_report_study(root, a.report_trials)
+        print(f"\ngenerated a report study of {a.report_trials} intrinsic-data trials with codes "
+              f"and checkpoints in {time.perf_counter() - t:.1f} s")
+        c = report_costs(root, a)
+        print(f"\n{'step':<60}{'seconds':>10}{'ratio':>8}")
+        print(f"{'report: tables, figures, fast Higgins, no trial pages':<60}{c['report']:>10.1f}"
+              f"{1.0:>8.2f}")
+        per = c["report"] / a.report_trials
+        print(f"{'  per trial':<60}{per:>10.3f}{1.0:>8.2f}")
+        print(f"{'one per-trial page':<60}{c['page']:>10.3f}{c['page'] / per:>8.2f}")
+        print(f"{'published Higgins, one trial (scaled from a fraction)':<60}"
+              f"{c['higgins_full']:>10.1f}{c['higgins_full'] / per:>8.0f}")
+        ok = c["report"] < 300
+        print("target: report < 5 min:", "met" if ok else "MISSED")
+        return ok
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     vaestudy run     [SPEC.yaml | --preset NAME] [--out DIR] [--set k=v ...] [--address ADDR]
     vaestudy resume  DIR/STUDY [--address ADDR]
     vaestudy status  DIR/STUDY
-    vaestudy report  DIR/STUDY [--no-higgins] [--metrics mig,dci,sap,modularity]
+    vaestudy report  DIR/STUDY [DIR/STUDY ...] [--higgins fast|published|none] [--metrics mig,dci,sap,modularity] [...]
     vaestudy presets
     vaestudy train   --out DIR [--study NAME] [--config FILE] [--set k=v ...]   one trial, no Ray
 """
@@ -105,25 +105,40 @@ def _run(spec, root: str, address: str | None, resume: bool, report: bool) -> in
 
 
 def _report(store) -> None:
-    from analysis.report import build_report, summary_table
+    from analysis.report import Options, build_report, summary_table
 
     print(summary_table(store.root, store.study))
-    print(f"report: {build_report(store.root, store.study)}")
+    print(f"report: {build_report(store.root, store.study, Options(progress=True))}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import build_report
+    from analysis.compare import build_compare
+    from analysis.higgins import SETTINGS
+    from analysis.report import Options, build_report
     from study.status import split_study_path
-
     from trainables.store import ResultStore
 
-    metrics = _metric_names(args.metrics)
-    root, name = split_study_path(args.study)
-    store = ResultStore(root, check_name(name, "DIR/STUDY"))
-    if not store.exists(store.path("trials")):
-        raise UsageError(f"{args.study}: no trials/ folder there; not a study with results")
-    path = build_report(root, store.study, higgins=not args.no_higgins, metrics=metrics)
-    print(f"report: {path}")
+    if args.threshold is not None and not args.threshold >= 0:
+        raise UsageError(f"--threshold: got {args.threshold}; allowed: a number of nats >= 0")
+    higgins = None if args.no_higgins or args.higgins == "none" else args.higgins
+    if higgins is not None and higgins not in SETTINGS:
+        raise UsageError(f"--higgins: got {higgins!r}; allowed: {', '.join(SETTINGS)}, none")
+    studies = []
+    for path in args.study:
+        root, name = split_study_path(path)
+        store = ResultStore(root, check_name(name, "DIR/STUDY"))
+        if not store.exists(store.path("trials")):
+            raise UsageError(f"{path}: no trials/ folder there; not a study with results")
+        studies.append((root, store.study))
+    opts = Options(threshold=args.threshold, include_running=args.include_running,
+                   trial=args.trial, higgins=higgins, rotations=args.rotations,
+                   higgins_seeds=args.higgins_seeds or None,
+                   workers=args.workers, trial_pages=not args.no_trial_pages,
+                   progress=not args.quiet, metrics=_metric_names(args.metrics))
+    for root, name in studies:
+        print(f"report: {build_report(root, name, opts)}")
+    if len(studies) > 1:
+        print(f"comparison: {build_compare(studies, opts)}")
     return 0
 
 
@@ -181,10 +196,27 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("study", metavar="DIR/STUDY")
     st.set_defaults(func=cmd_status)
 
-    rp = sub.add_parser("report", help="write DIR/STUDY/report.html, report.md, analysis/*.parquet")
-    rp.add_argument("study", metavar="DIR/STUDY")
-    rp.add_argument("--no-higgins", action="store_true",
-                    help="skip the Higgins et al. metric (it re-encodes generated data)")
+    rp = sub.add_parser("report", help="write DIR/STUDY/report.html, report.md, analysis/*.parquet"
+                        "; several studies: also a comparison page")
+    rp.add_argument("study", metavar="DIR/STUDY", nargs="+")
+    rp.add_argument("--threshold", type=float, default=None,
+                    help="recount used factors with mi_h > this many nats (default: each "
+                         "trial's eval.used_threshold)")
+    rp.add_argument("--include-running", action="store_true",
+                    help="also count running trials, all compared at a common epoch")
+    rp.add_argument("--trial", default=None, help="trial id for Fig. 2 instead of the choice")
+    rp.add_argument("--higgins", default="fast",
+                    help="Higgins metric setting: fast (default), published "
+                         "(disentanglement_lib's, minutes per trial) or none")
+    rp.add_argument("--no-higgins", action="store_true", help="same as --higgins none")
+    rp.add_argument("--rotations", type=int, default=10,
+                    help="random rotations per trial for App. C (default 10)")
+    rp.add_argument("--higgins-seeds", type=int, default=3,
+                    help="score the lowest K seeds of each configuration (default 3; 0: all)")
+    rp.add_argument("--workers", type=int, default=None,
+                    help="processes scoring trials (default: the CPU count)")
+    rp.add_argument("--no-trial-pages", action="store_true", help="skip pages/<trial>.html")
+    rp.add_argument("--quiet", action="store_true", help="no progress bars")
     rp.add_argument("--metrics", default="default",
                     help="disentanglement metrics to compute, comma-separated: mig, dci, "
                          "dci_gbt, sap, modularity, explicitness, factorvae, betavae, or none "

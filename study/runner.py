@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from study import guards, tuner
 from study.inputs import UsageError
 from study.lease import Lease
+from study.provenance import now_iso
 from study.tuner import fit, start_ray  # noqa: F401  (tests and benches call them here)
 from study.spec import StudySpec, trial_configs
 from study.status import count_states
 from trainables.config import ConfigError, TrialConfig
-from trainables.store import FORMAT_VERSION, ResultStore, StoreError, code_version, recorded_trials
+from trainables.store import FORMAT_VERSION, ResultStore, StoreError, recorded_trials
 
 
 @dataclass
@@ -114,15 +115,13 @@ def write_meta(store: ResultStore, spec: StudySpec, trials: list[dict] | None, *
     """study.json in the current format; `trials` as [{"id", "config"}] (None: keep them)."""
     path = store.path("study.json")
     old = store.read_json(path) if store.exists(path) else {}
-    import ray
-    import torch
+    from study.provenance import command, now_iso, versions
 
     meta = {**old, "name": spec.name, "format_version": FORMAT_VERSION, "spec": spec.raw,
             "spec_json": spec.to_json(), "size": spec.size_line(),
             "trials": trials or recorded_trials(old),
-            "versions": {"vaestudy": code_version(), "ray": ray.__version__,
-                         "torch": torch.__version__},
-            "started": old.get("started", time.time()), **extra}
+            "versions": versions(), "command": command(),
+            "started": old.get("started", now_iso()), **extra}
     store.write_json(path, meta)
 
 
@@ -155,7 +154,7 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         if not st or st["state"] not in ("completed", "diverged", "stopped"):
             store.set_status(trial_id, "failed", error=error)
     write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],
-               finished=time.time())
+               finished=now_iso())
     return Outcome(store, count_states(store, ids), time.time() - t0)
 
 

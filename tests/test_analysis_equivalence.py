@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analysis import align
-from analysis.higgins import GroundTruth, compute_higgins
+from analysis.higgins import FAST, GroundTruth, compute_higgins
 
 
 def rotation2(degrees: float) -> np.ndarray:
@@ -81,16 +81,90 @@ def test_linear_r2_sees_through_a_rotation_and_not_through_noise():
 def test_higgins_metric_is_perfect_axis_aligned_and_chance_at_45_degrees():
     """App. C: z_diff_h = (2/sqrt(pi)) sqrt(1 - q_{k,h}^2); at 45 degrees both classes agree."""
     truth = GroundTruth(2, lambda y: y)
-    aligned = compute_higgins(truth, lambda x: x, np.random.default_rng(0))
-    mixed = compute_higgins(truth, lambda x: x @ rotation2(45), np.random.default_rng(0))
-    assert aligned["score"] > 0.99
-    assert abs(mixed["score"] - 0.5) < 0.1
+    aligned = compute_higgins(truth, lambda x: x, np.random.default_rng(0), **FAST)
+    mixed = compute_higgins(truth, lambda x: x @ rotation2(45), np.random.default_rng(0), **FAST)
+    assert aligned["eval_accuracy"] > 0.99 and aligned["train_accuracy"] > 0.99
+    assert abs(mixed["eval_accuracy"] - 0.5) < 0.1
 
 
 def test_higgins_metric_moves_with_the_rotation_of_an_equally_good_model():
     truth = GroundTruth(4, lambda y: np.hstack([y, np.zeros((len(y), 2))]))   # 2 unused dims
     out = compute_higgins(truth, lambda x: x, np.random.default_rng(0), rotations=6,
-                          rotate_dims=np.arange(4))
-    assert out["score"] > 0.99 and len(out["rotated"]) == 6
-    assert min(out["rotated"]) < out["score"] - 0.05                     # App. C: it depends on Q
+                          rotate_dims=np.arange(4), **FAST)
+    assert out["eval_accuracy"] > 0.99 and len(out["rotated"]) == 6
+    assert min(out["rotated"]) < out["eval_accuracy"] - 0.05                    # App. C: it depends on Q
     assert all(0.0 <= r <= 1.0 for r in out["rotated"])
+
+
+def _trials(codes_by_seed: list[np.ndarray], key: str = "c1") -> "pl.DataFrame":
+    import polars as pl
+    return pl.DataFrame([{"config_key": key, "trial_id": f"t{s}", "seed": s,
+                          "index": list(range(len(z))), "mu": z.tolist(),
+                          "used_idx": list(range(z.shape[1]))}
+                         for s, z in enumerate(codes_by_seed)])
+
+
+def test_heldout_procrustes_can_lose_to_the_permutation_on_unrelated_codes():
+    """In-sample, Procrustes always wins; held out, unrelated codes give it no edge."""
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal((1000, 10)), rng.standard_normal((1000, 10))
+    assert align.procrustes_r2(a, b) > align.permutation_r2(a, b) + 0.02       # in-sample edge
+    rot = align.heldout_r2(a, b, align.procrustes, np.random.default_rng(0))
+    perm = align.heldout_r2(a, b, align.signed_permutation, np.random.default_rng(0))
+    assert rot < 0 and perm < 0 and rot < perm + 0.02                        # no edge
+
+
+def test_rotated_seeds_get_a_rotation_verdict():
+    from analysis import equivalence
+    rng = np.random.default_rng(8)
+    y = rng.standard_normal((600, 4))
+    seeds = [y @ align.random_rotation(4, rng) + 0.05 * rng.standard_normal(y.shape)
+             for _ in range(4)]
+    pairs = equivalence.seed_pairs(_trials(seeds))
+    table = equivalence.seed_agreement(pairs)
+    row = table.row(0, named=True)
+    assert row["pairs"] == 6 and row["procrustes_r2"] > 0.98
+    assert row["diff_low"] > 0.1 and row["verdict"].startswith("rotation")
+
+
+def test_unrelated_seeds_get_no_verdict():
+    from analysis import equivalence
+    rng = np.random.default_rng(9)
+    seeds = [rng.standard_normal((600, 4)) for _ in range(4)]
+    row = equivalence.seed_agreement(equivalence.seed_pairs(_trials(seeds))).row(0, named=True)
+    assert row["diff_low"] < row["null_diff_mean"] < row["diff_high"] or row["verdict"] == ""
+    assert row["verdict"] == ""
+
+
+def test_permuted_seeds_get_a_permutation_verdict():
+    from analysis import equivalence
+    rng = np.random.default_rng(10)
+    y = rng.standard_normal((600, 4)) * np.array([3.0, 2.0, 1.0, 0.5])
+    seeds = [y[:, rng.permutation(4)] * rng.choice([-1, 1], 4)
+             + 0.05 * rng.standard_normal(y.shape) for _ in range(4)]
+    row = equivalence.seed_agreement(equivalence.seed_pairs(_trials(seeds))).row(0, named=True)
+    assert row["verdict"] == "signed permutation"
+
+
+def test_one_seed_pair_has_no_interval_and_no_verdict():
+    from analysis import equivalence
+    rng = np.random.default_rng(11)
+    y = rng.standard_normal((300, 3))
+    seeds = [y, y @ align.random_rotation(3, rng)]
+    row = equivalence.seed_agreement(equivalence.seed_pairs(_trials(seeds))).row(0, named=True)
+    assert row["pairs"] == 1 and row["diff_low"] is None and row["verdict"] == ""
+
+
+def test_higgins_defaults_are_disentanglement_libs():
+    import inspect
+    sig = inspect.signature(compute_higgins)
+    assert list(sig.parameters)[:3] == ["truth", "representation_fn", "random_state"]
+    assert {k: sig.parameters[k].default for k in ("batch_size", "num_train", "num_eval")} == \
+        {"batch_size": 64, "num_train": 10000, "num_eval": 5000}
+
+
+def test_a_constant_representation_scores_chance():
+    truth = GroundTruth(4, lambda y: y)
+    out = compute_higgins(truth, lambda x: np.zeros((len(x), 3)), np.random.default_rng(0),
+                          **FAST)
+    assert out["eval_accuracy"] < 0.4

@@ -104,8 +104,10 @@ def test_intrinsic_dimension_table_by_hand(study):
     assert a["n_used_max"] == 4 and a["n_used_std"] == pytest.approx(0.7071, abs=1e-4)
     assert a["frac_at_P"] == 0.5 and a["mae_P"] == 0.5 and a["true_factors"] == 3
     assert a["n_normal_mean"] == 0.5 and a["evlb_mean"] == 102.0
-    b = t.filter(pl.col("sigma2_cfg") == 0.1).row(0, named=True)   # running seed included
-    assert b["seeds"] == 2 and b["n_used_mean"] == 1.5 and b["n_running"] == 1
+    assert a["n"] == 2 and (a["epoch_min"], a["epoch_max"]) == (2, 2)
+    assert a["n_used_half"] == pytest.approx(12.706 * 0.7071 / 2 ** 0.5, rel=1e-3)   # t(1)
+    b = t.filter(pl.col("sigma2_cfg") == 0.1).row(0, named=True)   # running seed left out
+    assert b["seeds"] == 1 and b["n_used_mean"] == 1 and b["n_running"] == 0
     learned = t.filter(pl.col("noise") == "learned").row(0, named=True)
     assert learned["equivalent_sigma2"] == pytest.approx(0.02) and learned["frac_at_P"] == 1.0
 
@@ -122,13 +124,14 @@ def test_reached_p_sentence_and_summary_table(study):
     assert text.startswith("Theorem 1 check: Yes") and "P = 3" in text
     summary = report.summary_table(root, STUDY)
     lines = summary.splitlines()
-    assert len(lines) == 1 + 3 + 1 and "3.50 ± 0.71" in summary and "P = 3" in lines[-1]
+    assert len(lines) == 1 + 3 + 1 and "3.5 (n=2)" in summary and "P = 3" in lines[-1]
+    assert "± 0" not in summary
 
 
 def test_empty_tables_and_missing_study_are_empty_frames(tmp_path):
     assert load.trials(str(tmp_path), "none").collect().is_empty()
     assert load.codes(str(tmp_path), "none").collect().is_empty()
-    assert report.summary_table(str(tmp_path), "none") == "no finished trial yet"
+    assert report.summary_table(str(tmp_path), "none") == "no completed trial yet"
 
 
 def test_pareto_mask_is_non_dominated_and_complete():
@@ -168,4 +171,73 @@ def test_report_without_codes_or_checkpoints_skips_figures_with_notes(study):
         assert not (path.parent / "analysis" / "figures" / f"{name}.png").exists()
     assert (path.parent / "analysis" / "figures" / "fig4_evlb.png").stat().st_size > 1000
     states = pl.read_parquet(path.parent / "analysis" / "states.parquet")
-    assert dict(states.iter_rows()) == {"completed": 4, "failed": 1, "running": 1}
+    assert dict(states.iter_rows()) == {"completed": 4, "failed": 1, "running (stale)": 1}
+    left_out = pl.read_parquet(path.parent / "analysis" / "not_counted.parquet")
+    assert sorted(left_out["state"].to_list()) == ["failed", "running (stale: no live driver)"]
+
+
+def test_a_running_trial_without_a_driver_is_stale(study):
+    root, ids = study
+    status = load.status_frame(root, STUDY)
+    assert status.filter(pl.col("stale"))["trial_id"].to_list() == [ids["b1"]]
+
+
+def test_include_running_compares_at_a_common_epoch(study, tmp_path):
+    """With a live driver the running trial counts, and every trial is read at epoch 1."""
+    import os
+    import shutil
+    import socket
+    root = str(tmp_path / "copy")
+    shutil.copytree(study[0], root)
+    st = ResultStore(root, STUDY)
+    st.write_json(st.path("driver.lock"), {"host": socket.gethostname(), "pid": os.getpid()})
+    t = intrinsic.from_study(root, STUDY, include_running=True)
+    assert set(t["epoch_max"].to_list()) == {1}
+    b = t.filter(pl.col("sigma2_cfg") == 0.1).row(0, named=True)
+    assert b["n"] == 2 and b["n_used_mean"] == 1.5 and b["n_running"] == 1
+
+
+def test_format_2_files_are_read_with_the_new_columns_null(tmp_path):
+    """Files written before format 4 lack the estimate columns; a mixture's precision-weighted
+    equivalent variance is recomputed, its arithmetic one kept."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from trainables.store import SCHEMAS
+    new = ("mi_xz_est", "kl_qz_pz_est", "tc_est", "equivalent_sigma2_arith", "pi_at_floor",
+           "normal_var_tol")
+    old = pa.schema([f for f in SCHEMAS["trials"] if f.name not in new])
+    cfg = config(0.01, 0, "mog", 2.0)
+    row = {k: v for k, v in trial_row(cfg, "old", 1, 2, 10.0).items() if k not in new}
+    row.update(noise_pi=[0.8, 0.2], noise_sigma2_k=[1e-6, 0.05],
+               equivalent_sigma2=2.0 * (0.8e-6 + 0.2 * 0.05))
+    (tmp_path / "s" / "trials" / "old").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row], schema=old),
+                   tmp_path / "s" / "trials" / "old" / "part-000001-000001.parquet")
+    got = load.trials(str(tmp_path), "s").collect().row(0, named=True)
+    assert got["mi_xz_est"] is None and got["normal_var_tol"] == 0.1
+    assert got["equivalent_sigma2_arith"] == pytest.approx(2.0 * 0.010_000_8)
+    assert got["equivalent_sigma2"] == pytest.approx(2.0 / (0.8 / 1e-6 + 0.2 / 0.05))
+
+
+def test_compare_stacks_the_studies_tables(study, tmp_path):
+    import shutil
+    from analysis.compare import build_compare
+    root = str(tmp_path)
+    shutil.copytree(f"{study[0]}/{STUDY}", f"{root}/one")
+    shutil.copytree(f"{study[0]}/{STUDY}", f"{root}/two")
+    path = build_compare([(root, "one"), (root, "two")], report.Options())
+    page = path.read_text()
+    assert path.name == "compare-one-two.html" and path.parent == tmp_path
+    assert page.count("<td>one</td>") == 3 and page.count("<td>two</td>") == 3
+    assert page.count("Theorem 1 check") == 2
+
+
+def test_a_search_front_names_its_own_objectives():
+    """A three-objective search's front is drawn apart, its third objective named."""
+    front = pl.DataFrame({"trial_id": ["a", "b"], "noise": ["specified"] * 2, "beta": [1.0, 2.0],
+                          "sigma2": [0.1, 0.2], "equivalent_sigma2": [0.1, 0.4],
+                          "latent_dim": [3, 3], "seed": [0, 0], "epoch": [2, 2],
+                          "evlb": [1.0, 2.0], "kl_qz_pz": [2.0, 3.0], "recon_mse": [0.1, 0.05]})
+    assert figures.search_objectives(front) == ["evlb", "kl_qz_pz", "recon_mse"]
+    fig = figures.draw("search_front", figures.Tables({"search_front": front}))
+    assert "recon_mse" in fig.axes[0].get_title()

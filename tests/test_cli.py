@@ -137,3 +137,15 @@ def test_exponent_notation_in_a_spec_file_is_a_number(tmp_path):
     spec.write_text("train: {lr: 1e-4}\nnoise: {sigma2: [5e-4, 1e-3]}\n")
     s = parse(load_yaml(spec))
     assert s.trial["train.lr"] == 1e-4 and s.axes()["noise.sigma2"] == [5e-4, 1e-3]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--threshold", "-1"], "--threshold: got -1.0"),
+    (["--higgins", "slow"], "--higgins: got 'slow'; allowed: fast, published, none"),
+    ([], "no trials/ folder"),
+])
+def test_report_options_are_checked(capsys, tmp_path, argv, needle):
+    assert main(["report", str(tmp_path / "nostudy"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and needle in err, err
+    assert not (tmp_path / "nostudy").exists()

@@ -1,4 +1,8 @@
 """Indicators against closed forms and the paper's identities (Defs. 1-7, Thm. 2, Eq. 10)."""
+import math
+
+import numpy as np
+import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
@@ -82,3 +86,44 @@ def test_compute_refuses_mismatched_shapes():
     import pytest
     with pytest.raises(ValueError, match=r"\[M, H\]"):
         ind.compute(torch.zeros(3, 2), torch.zeros(3, 3))
+
+
+# ---- MC estimates beyond the paper's bounds, against Gaussian closed forms ------------------
+def gaussian_codes(cov_mu: np.ndarray, s2: float, M: int = 2000, seed: int = 0):
+    """mu_m ~ N(0, cov_mu), the same posterior variance s2 for every point and factor:
+    q(z) = N(0, C) with C = cov_mu + s2 I, I(x;z) = 0.5 log det C / s2^H."""
+    rng = np.random.default_rng(seed)
+    mu = rng.multivariate_normal(np.zeros(len(cov_mu)), cov_mu, size=M)
+    return (torch.tensor(mu), torch.full(mu.shape, math.log(s2), dtype=torch.float64))
+
+
+def closed_forms(cov_mu: np.ndarray, s2: float) -> dict[str, float]:
+    C = cov_mu + s2 * np.eye(len(cov_mu))
+    logdet = np.linalg.slogdet(C)[1]
+    return {"mi_xz_est": 0.5 * (logdet - len(C) * math.log(s2)),
+            "kl_qz_pz_est": 0.5 * (np.trace(C) - len(C) - logdet),
+            "tc_est": 0.5 * (np.log(np.diag(C)).sum() - logdet)}
+
+
+@pytest.mark.parametrize("case", ["independent", "redundant pair", "correlated pair"])
+def test_estimates_match_gaussian_closed_forms(case):
+    cov = {"independent": np.diag([1.0, 0.5, 2.0]),
+           "redundant pair": np.full((2, 2), 0.75),
+           "correlated pair": np.array([[1.0, 0.6], [0.6, 1.0]])}[case]
+    mu, logvar = gaussian_codes(cov, 0.25)
+    got = ind.estimates(mu, logvar, torch.Generator().manual_seed(0), points=2000)
+    for name, want in closed_forms(cov, 0.25).items():
+        assert got[name] == pytest.approx(want, abs=0.08), (name, got[name], want)
+
+
+def test_the_paper_bounds_miss_a_redundant_pair_that_the_estimates_see():
+    """Two factors encoding one variable: Def. 2 counts it twice, Def. 4 sees nothing."""
+    cov = np.full((2, 2), 0.75)                       # each factor's q* variance is 1
+    mu, logvar = gaussian_codes(cov, 0.25)
+    want = closed_forms(cov, 0.25)
+    assert float(ind.mi_xz(mu, logvar)) == pytest.approx(math.log(4), abs=0.05)     # 1.39
+    assert float(ind.kl_qz_pz(mu, logvar)) == pytest.approx(0.0, abs=0.02)
+    got = ind.compute(mu, logvar, generator=torch.Generator().manual_seed(0)).scalars
+    assert got["mi_xz_est"] < float(ind.mi_xz(mu, logvar)) - 0.3
+    assert got["kl_qz_pz_est"] == pytest.approx(want["kl_qz_pz_est"], abs=0.08)     # 0.41
+    assert got["tc_est"] > 0.3

@@ -74,3 +74,15 @@ def test_every_noise_model_gives_finite_per_point_log_lik_and_a_summary(kind):
     assert xhat.grad is not None and torch.isfinite(xhat.grad).all()
     assert m.log_lik(x, xhat).shape == (6,)
     assert m.summary()["sigma2"] > 0
+
+
+def test_mixture_variances_weight_by_precision_and_flag_the_floor():
+    """Sec. 7.2.1: 1 / sum_k pi_k / sigma2_k; pi = 0.8 at the floor dominates the precision."""
+    from trainables.noise import mixture_variances
+    out = mixture_variances([0.8, 0.2], [1e-6, 0.05], floor=1e-6)
+    assert out["sigma2_precision"] == pytest.approx(1 / (0.8 / 1e-6 + 0.2 / 0.05))
+    assert out["sigma2_arith"] == pytest.approx(0.8e-6 + 0.01)
+    assert out["pi_at_floor"] == pytest.approx(0.8)
+    one = mixture_variances([1.0], [0.01], floor=1e-6)
+    assert one["sigma2_precision"] == pytest.approx(0.01) == one["sigma2_arith"]
+    assert one["pi_at_floor"] == 0.0

@@ -1,5 +1,6 @@
 """Studies on a real local Ray: MNIST results read back, divergence, failure, retries."""
 import json
+from datetime import datetime
 
 import polars as pl
 import pytest
@@ -57,6 +58,8 @@ def test_four_trial_mnist_study_reads_back_with_polars(tmp_path, ray_local, mnis
     meta = store.read_json(store.path("study.json"))
     assert len(meta["trials"]) == 4 and "finished" in meta and meta["versions"]["ray"]
     assert meta["format_version"] == FORMAT_VERSION
+    assert meta["versions"]["polars"] and meta["versions"]["python"] and meta["command"]
+    assert datetime.fromisoformat(meta["started"]) <= datetime.fromisoformat(meta["finished"])
     for t in (t["id"] for t in meta["trials"]):
         assert store.checkpoints(t)[-1][0] == 2                   # the final checkpoint is kept
         assert len(store.parts("trials", t)) == 1                 # files grow with trials

@@ -137,6 +137,22 @@ class MixtureNoise(NoiseModel):
                 "sigma2": float((self.log_pi.exp() * self.sigma2_k).sum())}
 
 
+def mixture_variances(pi: list[float], sigma2_k: list[float], floor: float,
+                      rtol: float = 1e-3) -> dict[str, float]:
+    """The variances a mixture is placed by (Sec. 7.2.1), and how much weight sits on the floor.
+
+    Sec. 7.2.1 weights each squared residual by its precision 1/sigma2, so a mixture's
+    equivalent variance is the inverse of its average precision, 1 / sum_k pi_k / sigma2_k
+    (`sigma2_precision`); the arithmetic sum_k pi_k sigma2_k is kept as `sigma2_arith`.
+    `pi_at_floor` is the weight of components whose variance is within rtol of var_floor
+    (stuck there, e.g. MNIST's exactly reconstructed background).
+    """
+    pi_t, s2 = torch.tensor(pi, dtype=torch.float64), torch.tensor(sigma2_k, dtype=torch.float64)
+    return {"sigma2_precision": float(1.0 / (pi_t / s2).sum()),
+            "sigma2_arith": float((pi_t * s2).sum()),
+            "pi_at_floor": float(pi_t[s2 <= floor * (1 + rtol)].sum())}
+
+
 def _component_log_density(r2, log_pi, sigma2_k):
     """log pi_k + log N(eps | 0, sigma2_k) for every pixel: [B, D] -> [B, D, K]."""
     return log_pi - 0.5 * (LOG_2PI + sigma2_k.log()) - 0.5 * r2.unsqueeze(-1) / sigma2_k

@@ -31,6 +31,10 @@ metadata under `vaestudy.format_version`); readers accept every earlier one:
      each trial as {"id", "config"}, and that list is authoritative on resume.
   3  trials gain `mig`, `sap`, `modularity` (null unless eval.metrics asks for them);
      earlier files read with those columns null.
+  4  trials gain mi_xz_est, kl_qz_pz_est, tc_est (MC estimates beyond the paper's bounds),
+     equivalent_sigma2_arith, pi_at_floor and normal_var_tol; a mixture's
+     equivalent_sigma2 is precision-weighted. Earlier files read the new columns as null
+     (`analysis.load` recomputes what it can).
 """
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 FORMAT_KEY = b"vaestudy.format_version"
 TABLES = ("trials", "factors", "codes")
 STATES = ("running", "completed", "diverged", "failed", "stopped")
@@ -67,6 +71,9 @@ SCHEMAS = {
         ("latent_dim", i64), ("seed", i64), ("evlb", f64), ("recon_mse", f64),
         ("kl_post_prior", f64), ("mi_xz", f64), ("kl_qz_pz", f64), ("kl_qstar_pz", f64),
         ("n_used_factors", i64), ("n_normal_variance_factors", i64), ("train_loss", f64),
+        # format 4 (older files read them as null):
+        ("mi_xz_est", f64), ("kl_qz_pz_est", f64), ("tc_est", f64),
+        ("equivalent_sigma2_arith", f64), ("pi_at_floor", f64), ("normal_var_tol", f64),
         ("noise_pi", pa.list_(f64)), ("noise_sigma2_k", pa.list_(f64)),
         ("eval_points", i64), ("used_threshold", f64), ("var_floor", f64),
         ("true_factors", i64), ("config", s), ("code_version", s), ("host", s), ("node", s),

@@ -23,6 +23,7 @@ from trainables import indicators, traversal
 from trainables.config import TrialConfig
 from trainables.store import ResultStore, checkpoint_bytes, code_version
 from trainables.writer import SyncWriter, Writer
+from trainables.noise import mixture_variances
 from trainables.vae import VAE, kl_to_prior
 
 Report = Callable[[dict], None]
@@ -117,7 +118,7 @@ def evaluate(run: Run, test: datasets.Data, chunk: int = 500) -> dict:
         mus.append(mu)
         logvars.append(logvar)
     mu, logvar = torch.cat(mus), torch.cat(logvars)                     # [M, H]
-    ind = indicators.compute(mu, logvar, ev.used_threshold, ev.normal_var_tol)
+    ind = indicators.compute(mu, logvar, ev.used_threshold, ev.normal_var_tol, generator=g)
     return {"evlb": evlb / n, "recon_mse": mse / n, "indicators": ind, "mu": mu, "logvar": logvar,
             "eval_points": n}
 
@@ -127,15 +128,20 @@ def result_rows(run: Run, study: str, trial_id: str, ev: dict, train_loss: float
     cfg, noise = run.cfg, run.vae.noise.summary()
     ind = ev["indicators"]
     beta, sigma2 = cfg.noise.beta, noise["sigma2"]
+    mix = (mixture_variances(noise["pi"], noise["sigma2_k"], cfg.noise.var_floor)
+           if "pi" in noise else {"sigma2_precision": sigma2, "sigma2_arith": sigma2,
+                                  "pi_at_floor": None})
     trial = {
         "study": study, "trial_id": trial_id, "epoch": run.epoch, "status": "running",
         "dataset": cfg.dataset.name, "noise": cfg.noise.kind, "beta": beta, "sigma2": sigma2,
-        "equivalent_sigma2": beta * sigma2,                             # Sec. 7.2.1
+        "equivalent_sigma2": beta * mix["sigma2_precision"],            # Sec. 7.2.1
+        "equivalent_sigma2_arith": beta * mix["sigma2_arith"], "pi_at_floor": mix["pi_at_floor"],
         "latent_dim": cfg.model.latent_dim, "seed": cfg.train.seed,
         "evlb": ev["evlb"], "recon_mse": ev["recon_mse"], **ind.scalars,
         **{m: ev.get("scores", {}).get(m) for m in ("mig", "sap", "modularity")},
         "train_loss": train_loss, "noise_pi": noise.get("pi"), "noise_sigma2_k": noise.get("sigma2_k"),
         "eval_points": ev["eval_points"], "used_threshold": cfg.eval.used_threshold,
+        "normal_var_tol": cfg.eval.normal_var_tol,
         "var_floor": cfg.noise.var_floor,
         "true_factors": None if test.factors is None else int(test.factors.shape[1]),
         "config": json.dumps(cfg.to_dict(), sort_keys=True), "code_version": code_version(),
