@@ -324,7 +324,7 @@ def machine():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
             for k, v in m.timings.items():
                 print(f"TIMING {k} {v:.1f}")
-            for junk in ("wheels", "src", "head/home", "worker/home"):
+            for junk in ("wheels", "src", "head/home", "worker/home", "laptop/env"):
                 shutil.rmtree(base / junk, ignore_errors=True)   # logs stay in `base`
             print(f"logs: {base}")
 
