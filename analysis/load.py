@@ -29,7 +29,11 @@ USABLE = ("completed", "running")             # states whose last row is a resul
 
 @lru_cache(maxsize=8)
 def store(root: str, study: str) -> ResultStore:
-    return ResultStore(root, study)
+    """The study's store; a study written in a results format this code cannot read is
+    refused here, once, before any table is scanned."""
+    st = ResultStore(root, study)
+    st.read_meta()
+    return st
 
 
 def empty(table: str) -> pl.LazyFrame:
@@ -128,9 +132,7 @@ def codes(root: str, study: str) -> pl.LazyFrame:
 
 def study_spec(root: str, study: str) -> dict | None:
     """study.json as written by the study runner; None for a `vaestudy train` study."""
-    st = store(root, study)
-    path = st.path("study.json")
-    return st.read_json(path) if st.exists(path) else None
+    return store(root, study).read_meta()
 
 
 def traversal_png(root: str, study: str, trial_id: str) -> bytes | None:

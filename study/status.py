@@ -4,7 +4,7 @@ from __future__ import annotations
 import polars as pl
 
 from analysis import load
-from trainables.store import ResultStore
+from trainables.store import ResultStore, recorded_trials
 
 
 def split_study_path(path: str) -> tuple[str, str]:
@@ -27,9 +27,9 @@ def count_states(store: ResultStore, ids: list[str]) -> dict[str, int]:
 
 
 def status_text(store: ResultStore, top: int = 5) -> str:
-    meta = store.read_json(store.path("study.json")) if store.exists(store.path("study.json")) else {}
+    meta = store.read_meta() or {}
     states = {s["trial_id"]: s for s in store.all_status()}
-    ids = meta.get("trials") or sorted(states)
+    ids = [t["id"] for t in recorded_trials(meta)] or sorted(states)
     counts = {k: v for k, v in count_states(store, ids).items() if v}
     lines = [f"study {store.study} at {store.uri()}: {meta.get('size', f'{len(ids)} trials')}",
              "  " + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))]
