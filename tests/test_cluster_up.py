@@ -300,7 +300,9 @@ class Machine:
 
 
 @pytest.fixture(scope="module")
-def machine():
+def machine(request):
+    if "cluster" not in (request.config.getoption("-m") or ""):
+        pytest.skip("the cluster test runs only when asked for: -m cluster")
     if os.geteuid() != 0:
         pytest.skip("needs root: it makes network namespaces and a bridge")
     if onprem.missing_tools():
@@ -403,8 +405,8 @@ def test_up_submit_follow_read_back(machine):
     # token authentication is on: a client without the token is refused
     no_token = {**m.env, "HOME": str(m.base / "nobody")}
     r = m.ray("job", "list", "--address", m.address, env=no_token, check=False, timeout=120)
-    assert r.returncode != 0 and "token" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
-    m.refused_without_token = (r.stdout + r.stderr)[-600:]
+    assert r.returncode != 0 and "couldn't find an authentication token" in r.stdout + r.stderr, \
+        r.stdout + r.stderr
 
     t_submit = time.time()
     _submit(m, "onprem-1", [*TINY, "--set", "name=onprem"])
