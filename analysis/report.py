@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from analysis import equivalence, figures, intrinsic, load, render, tradeoff
+from analysis.metrics.section import metrics_frames, metrics_section
 
 # The report's Higgins metric: 500 generated batches of 16 pairs per trial (App. C), 10 rotations;
 # about 16k encoded images a trial, a few seconds on a CPU.
@@ -86,7 +87,8 @@ def pick_traversals(root: str, study: str, rows: pl.DataFrame, k: int = 3) -> di
 
 
 def compute_tables(root: str, study: str, *, higgins: bool = True, threshold: float | None = None,
-                   trial: str | None = None, higgins_opts: dict | None = None) -> figures.Tables:
+                   trial: str | None = None, higgins_opts: dict | None = None,
+                   metrics: tuple[str, ...] = ()) -> figures.Tables:
     """Every table of the report (Polars, collected once each) and what the figures need."""
     trials = load.trials(root, study).collect()
     factors = load.factors(root, study).collect()
@@ -105,6 +107,7 @@ def compute_tables(root: str, study: str, *, higgins: bool = True, threshold: fl
         h = equivalence.higgins_table(root, study, trials.lazy(), factors.lazy(),
                                       **{**HIGGINS, **(higgins_opts or {})})
         frames["higgins"], frames["higgins_spread"] = h, equivalence.higgins_spread(h)
+    frames.update(metrics_frames(root, study, metrics) if metrics else {})   # issue 16
     chosen = trial or choose_trial(rows)
     frames["factors"] = factors.filter(pl.col("trial_id") == chosen) if chosen else factors.clear()
     picks = pick_traversals(root, study, rows)
@@ -190,7 +193,8 @@ def blocks(root: str, study: str, t: figures.Tables, drawn: list) -> list[tuple]
     text = json.dumps(spec, indent=1, default=str) if spec else \
         "(no study.json: a `vaestudy train` study)"
     return (_overview(study, t, spec) + [("h", 2, "Figures")] + [("figure", d) for d in drawn]
-            + _equivalence(t) + [("h", 2, "Spec"), ("pre", text)])
+            + _equivalence(t) + metrics_section(t.frames.get("metrics"), t.labels)
+            + [("h", 2, "Spec"), ("pre", text)])
 
 
 def write_tables(st, frames: dict[str, pl.DataFrame]) -> None:
@@ -203,11 +207,12 @@ def write_tables(st, frames: dict[str, pl.DataFrame]) -> None:
 
 
 def build_report(root: str, study: str, *, higgins: bool = True, trial: str | None = None,
-                 higgins_opts: dict | None = None) -> Path:
+                 higgins_opts: dict | None = None, metrics: tuple[str, ...] = ()) -> Path:
     """Write report.md, report.html, analysis/*.parquet and analysis/figures/*.png; return
     the path of report.html (under ROOT/STUDY)."""
     st = load.store(root, study)
-    t = compute_tables(root, study, higgins=higgins, trial=trial, higgins_opts=higgins_opts)
+    t = compute_tables(root, study, higgins=higgins, trial=trial, higgins_opts=higgins_opts,
+                       metrics=metrics)
     write_tables(st, t.frames)
     drawn = figures.draw_all(t)
     for d in drawn:

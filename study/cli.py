@@ -3,7 +3,7 @@
     vaestudy run     [SPEC.yaml | --preset NAME] [--out DIR] [--set k=v ...] [--address ADDR]
     vaestudy resume  DIR/STUDY [--address ADDR]
     vaestudy status  DIR/STUDY
-    vaestudy report  DIR/STUDY [--no-higgins]
+    vaestudy report  DIR/STUDY [--no-higgins] [--metrics mig,dci,sap,modularity]
     vaestudy presets
     vaestudy train   --out DIR [--study NAME] [--config FILE] [--set k=v ...]   one trial, no Ray
 """
@@ -19,7 +19,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainables.config import ConfigError, TrialConfig
     from trainables.data import DataError
     from trainables.store import ResultStore, StoreError
-    from trainables.train import run_trial
+    from trainables.train import FatalTrialError, run_trial
 
     study = check_name(args.study, "--study")
     raw = merge(load_yaml(args.config) if args.config else {}, parse_sets(args.set))
@@ -43,6 +43,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_trial(cfg, store, report=report)
     except DataError as e:
         raise UsageError(str(e)) from None
+    except FatalTrialError as e:
+        print(f"vaestudy: trial {trial_id} failed: {e}", file=sys.stderr)
+        return 1
     state = store.status(trial_id)["state"]
     print(f"trial {trial_id} {state}; results in {store.uri()}")
     print(f"  polars.scan_parquet('{store.glob('trials')}')")
@@ -113,12 +116,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from trainables.store import ResultStore
 
+    metrics = _metric_names(args.metrics)
     root, name = split_study_path(args.study)
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
     if not store.exists(store.path("trials")):
         raise UsageError(f"{args.study}: no trials/ folder there; not a study with results")
-    print(f"report: {build_report(root, store.study, higgins=not args.no_higgins)}")
+    path = build_report(root, store.study, higgins=not args.no_higgins, metrics=metrics)
+    print(f"report: {path}")
     return 0
+
+
+def _metric_names(text: str) -> tuple[str, ...]:
+    from analysis.metrics import DEFAULT, parse_names
+
+    try:
+        return DEFAULT if text == "default" else parse_names(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -170,6 +184,10 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("study", metavar="DIR/STUDY")
     rp.add_argument("--no-higgins", action="store_true",
                     help="skip the Higgins et al. metric (it re-encodes generated data)")
+    rp.add_argument("--metrics", default="default",
+                    help="disentanglement metrics to compute, comma-separated: mig, dci, "
+                         "dci_gbt, sap, modularity, explicitness, factorvae, betavae, or none "
+                         "(default: mig,dci,sap,modularity); see docs/analysis.md")
     rp.set_defaults(func=cmd_report)
 
     pr = sub.add_parser("presets", help="list the built-in study presets")

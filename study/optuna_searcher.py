@@ -23,8 +23,12 @@ def open_study(scfg: SearchConfig, url: str, name: str):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize" if d == "max" else "minimize" for _, d in scfg.objectives]
-    return optuna.create_study(storage=url, study_name=name, directions=directions,
-                               sampler=make_sampler(scfg), load_if_exists=True)
+    study = optuna.create_study(storage=url, study_name=name, directions=directions,
+                                sampler=make_sampler(scfg), load_if_exists=True)
+    n = len(study.get_trials(deepcopy=False))
+    if n:                                          # resumed: a stream it has not drawn yet
+        study.sampler = make_sampler(scfg, n)
+    return study
 
 
 def finished(study) -> list:

@@ -9,14 +9,16 @@ latest checkpoint on storage.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from contextlib import contextmanager
 import socket
 import time
 from dataclasses import dataclass
 
+from study import guards
 from study.inputs import UsageError
+from study.lease import DRIVER_ID, Lease
 from study.spec import StudySpec, _is_grid, trial_configs
 from study.status import count_states
 from trainables.config import ConfigError, TrialConfig
@@ -159,15 +161,18 @@ def _is_loopback(address: str) -> bool:
 
 def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = False,
         log=print) -> Outcome:
+    guards.check_cluster_storage(spec, root, address)
     store, trials, scfg = prepare(spec, root, resume)
     log(f"study {spec.name}: {spec.size_line()}")
     log(f"results: {store.uri()}")
     t0 = time.time()
     ids = [tid for tid, _ in trials]
-    with driver_lock(store):
+    with Lease(store, log=log):
+        start_ray(address, log)
+        spec = dataclasses.replace(spec, gpu=guards.gpu_share(spec, address))
         write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
                    driver_host=socket.gethostname())
-        start_ray(address, log)
+        guards.write_probe(store)
         if scfg is None:
             errors = fit(spec, store, _grid_space(trials))
         else:
@@ -183,32 +188,6 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
     return Outcome(store, count_states(store, ids), time.time() - t0)
 
 
-@contextmanager
-def driver_lock(store: ResultStore):
-    """One driver per study: a second `run`/`resume` of a study that is running is refused;
-    the lock of a driver that died (SIGKILL, reboot) is taken over."""
-    path = store.path("driver.lock")
-    if store.exists(path):
-        old = store.read_json(path)
-        if old.get("host") == socket.gethostname() and _alive(old.get("pid", -1)):
-            raise UsageError(f"name: study {store.study!r} is being run by pid {old['pid']} on "
-                             f"{old['host']} since {time.ctime(old.get('since', 0))}; wait for "
-                             "it, or stop it and `vaestudy resume`")
-    store.write_json(path, {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
-    try:
-        yield
-    finally:
-        store.delete(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError, OverflowError, ValueError):
-        return False
-    return True
-
-
 def _grid_space(trials: list[tuple[str, TrialConfig]]) -> dict:
     from ray import tune
 
@@ -218,14 +197,11 @@ def _grid_space(trials: list[tuple[str, TrialConfig]]) -> dict:
 def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, scheduler=None,
         num_samples: int = 1) -> dict[str, str]:
     """Run trials through Tune; returns {trial_id: error} of trials that failed for good."""
-    import ray
     from ray import tune
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # the concise table, not per-result boxes
-    gpu = spec.gpu
-    if gpu is None:                               # share a card between small models
-        gpu = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": gpu})
+    spec = dataclasses.replace(spec, gpu=guards.gpu_share(spec, None))   # run() sets it on a cluster
+    trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": spec.gpu})
     if search_alg is None:                        # a searcher puts the context in its configs
         space = {**space, "study": study_context(spec, store)}
     tuner = tune.Tuner(
@@ -242,8 +218,12 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
     grid = tuner.fit()
     errors = {}
     for r in grid:
-        if r.error is not None and r.config and "trial" in r.config:
+        if not r.config or "trial" not in r.config:
+            continue
+        if r.error is not None:
             errors[r.config["trial"]["id"]] = f"{type(r.error).__name__}: {r.error}"[-2000:]
+        elif (r.metrics or {}).get("fatal"):           # failed at once, not retried
+            errors[r.config["trial"]["id"]] = r.metrics["fatal"]
     return errors
 
 
@@ -251,7 +231,8 @@ def study_context(spec: StudySpec, store: ResultStore) -> dict:
     """What a trial needs to find its store and data: an absolute root, and the driver's
     folder for relative data paths, since Ray runs trials in working directories of its own."""
     root = store.root if "://" in store.root else os.path.abspath(os.path.expanduser(store.root))
-    return {"root": root, "name": store.study, "cpu": spec.cpu, "cwd": os.getcwd()}
+    return {"root": root, "name": store.study, "cpu": spec.cpu, "cwd": os.getcwd(),
+            "gpu": spec.gpu or 0.0, "driver": DRIVER_ID}
 
 
 def reporter(spec: StudySpec):

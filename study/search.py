@@ -28,7 +28,8 @@ from trainables.config import ConfigError, TrialConfig
 
 DIRECTIONS = {"evlb": "max", "recon_mse": "min", "kl_qz_pz": "min", "kl_post_prior": "min",
               "mi_xz": "max", "kl_qstar_pz": "min", "n_used_factors": "min",
-              "used_distance": "min", "train_loss": "min"}
+              "used_distance": "min", "train_loss": "min",
+              "mig": "max", "sap": "max", "modularity": "max"}   # eval.metrics, known factors
 SAMPLERS = ("tpe", "nsga2", "random")
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 OPTUNA_KEYS = {"sampler", "seed", "objectives", "used_target", "storage"}
@@ -86,6 +87,7 @@ def parse_search(spec) -> SearchConfig:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"num_samples: got {n!r}; allowed: an integer >= 1 (the search's budget)")
     space, fixed = _space(spec)
+    _ask_for_scores(objectives, fixed, space)
     asha = _asha(raw.get("asha"), objectives)
     cfg = SearchConfig(sampler, seed, objectives, target, storage, n, asha, space, fixed)
     _check_extremes(cfg)
@@ -113,6 +115,25 @@ def _objectives(raw: Any, target: int | None) -> tuple[tuple[str, str], ...]:
     if not pairs:
         raise UsageError("search.optuna.objectives: empty; allowed: one to three metrics")
     return tuple(pairs)
+
+
+def _ask_for_scores(objectives, fixed: dict, space: dict) -> None:
+    """Objectives such as mig are computed by each trial at each evaluation: add them to
+    eval.metrics; refuse them on data without ground-truth factors."""
+    from trainables.config import EVAL_METRICS
+
+    wanted = [m for m, _ in objectives if m in EVAL_METRICS]
+    if not wanted:
+        return
+    names = [fixed.get("dataset.name", "intrinsic")]
+    if "dataset.name" in space:
+        names = list(space["dataset.name"].choices)
+    for name in names:
+        if name in ("mnist", "image_folder"):
+            raise UsageError(f"search.optuna.objectives: {wanted[0]} needs data with ground-truth "
+                             f"factors (intrinsic, or npz with a 'factors' array); got "
+                             f"dataset.name {name}")
+    fixed["eval.metrics"] = sorted(set(fixed.get("eval.metrics") or []) | set(wanted))
 
 
 def _space(spec) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -224,9 +245,17 @@ def objective_values(cfg: SearchConfig, result: dict) -> list[float] | None:
     return out
 
 
-def make_sampler(cfg: SearchConfig):
+def make_sampler(cfg: SearchConfig, n_trials: int = 0):
+    """The sampler of a search that already holds `n_trials` trials.
+
+    Its seed comes from the search's seed and that count, so a resumed search never replays
+    the stream it drew from before (the random sampler's draws, TPE's startup trials,
+    NSGA-II's first generation); a fresh search is seeded with `seed` itself."""
+    import numpy as np
     import optuna
 
-    return {"tpe": lambda: optuna.samplers.TPESampler(seed=cfg.seed),
-            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=cfg.seed),
-            "random": lambda: optuna.samplers.RandomSampler(seed=cfg.seed)}[cfg.sampler]()
+    seed = cfg.seed if n_trials == 0 else \
+        int(np.random.SeedSequence([cfg.seed, n_trials]).generate_state(1)[0])
+    return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[cfg.sampler]()

@@ -8,6 +8,7 @@
     checkpoint: {every: 5}
     failure: {max_retries: 1}
     storage: results            # local path, NFS path, s3:// or gs:// URI
+    storage_shared: false       # true: the local path is mounted on every node (NFS)
 
 `parse` validates everything (every expanded trial builds a TrialConfig) before
 anything starts; every error names the key, the value and what is allowed.
@@ -24,7 +25,7 @@ from trainables.config import SECTIONS, ConfigError, TrialConfig, all_keys, nest
 from trainables.store import StoreError, check_uri
 
 STUDY_KEYS = {"name", "seeds", "resources", "max_concurrent", "failure", "storage", "search",
-              "num_samples", "description"}
+              "num_samples", "description", "storage_shared"}
 LIST_VALUED = {"dataset.split"}          # keys whose single value is itself a list
 LEAVES = set(all_keys())
 
@@ -39,6 +40,7 @@ class StudySpec:
     max_concurrent: int | None = None
     max_retries: int = 1
     storage: str = "results"
+    storage_shared: bool = False                   # a local path every node mounts (NFS)
     search: dict[str, Any] | None = None
     num_samples: int | None = None
     description: str = ""
@@ -125,11 +127,16 @@ def parse(raw: dict[str, Any], search_ok: bool = True) -> StudySpec:
         check_uri(storage)
     except StoreError as e:
         raise UsageError(str(e)) from None
+    shared = raw.get("storage_shared", False)
+    if not isinstance(shared, bool):
+        raise UsageError(f"storage_shared: got {shared!r}; allowed: true (the storage path is "
+                         "mounted on every node) or false")
     search = raw.get("search")
     if search is not None and not isinstance(search, dict):
         raise UsageError(f"search: got {search!r}; allowed: a mapping such as {{optuna: {{...}}}}")
     spec = StudySpec(name=name, trial=trial, seeds=tuple(seeds), cpu=cpu, gpu=gpu,
-                     max_concurrent=mc, max_retries=retries, storage=storage, search=search,
+                     max_concurrent=mc, max_retries=retries, storage=storage, storage_shared=shared,
+                     search=search,
                      num_samples=raw.get("num_samples"), description=str(raw.get("description", "")),
                      raw=raw)
     _check_trials(spec, allow_distributions=search is not None)

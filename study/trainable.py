@@ -8,6 +8,12 @@ restarted by Tune (a retry, a lost node) or by `vaestudy resume` after the
 driver died continues from its latest checkpoint on storage; Tune's own
 checkpoint bookkeeping is not relied on (a SIGKILLed driver loses what it had
 not yet snapshotted).
+
+Before anything else the trial checks that its node sees the driver's probe in
+the study storage and makes its device follow its GPU share (study/guards.py).
+A failure no retry can fix (that probe missing, CUDA out of memory) ends the
+trial at once: it is reported as `fatal` instead of raised, so Tune does not
+retry it, and the driver records it as failed.
 """
 from __future__ import annotations
 
@@ -18,12 +24,27 @@ import socket
 import ray
 from ray import tune
 
+from study import guards
 from trainables.config import TrialConfig
 from trainables.store import ResultStore
-from trainables.train import run_trial
+from trainables.train import FatalTrialError, run_trial
 
 
 def trainable(config: dict) -> None:
+    study = config["study"]
+    node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
+    store = ResultStore(study["root"], study["name"])
+    try:
+        guards.check_probe(store, study["driver"], node)
+        guards.follow_gpu_share(study.get("gpu", 0.0), node)
+        run_trial(_config(config), store, report=tune.report, trial_id=config["trial"]["id"],
+                  node=node)
+    except FatalTrialError as e:
+        print(f"[{config['trial']['id']}] {e}", flush=True)
+        tune.report({"fatal": str(e)})
+
+
+def _config(config: dict) -> TrialConfig:
     cfg = TrialConfig.from_dict(config["trial"]["config"])
     threads = cfg.train.threads or max(1, int(config["study"]["cpu"]))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
@@ -31,6 +52,4 @@ def trainable(config: dict) -> None:
     if path and "://" not in path and not os.path.isabs(path):   # as the driver saw it
         path = os.path.join(config["study"].get("cwd", "."), path)
         cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=path))
-    store = ResultStore(config["study"]["root"], config["study"]["name"])
-    node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
-    run_trial(cfg, store, report=tune.report, trial_id=config["trial"]["id"], node=node)
+    return cfg

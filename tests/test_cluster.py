@@ -111,6 +111,7 @@ checkpoint: {{every: 2}}
 failure: {{max_retries: 2}}
 resources: {{cpu: 1}}
 max_concurrent: 2
+storage_shared: true           # both nodes on one machine: one disk
 """)
     return path
 

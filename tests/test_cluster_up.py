@@ -79,6 +79,7 @@ DIFFERENCES = {
 TINY = ["--preset", "quickstart", "--set", "seeds=[0, 1, 2, 3]", "--set", "noise.sigma2=0.1",
         "--set", "dataset.n=600", "--set", "model.latent_dim=3", "--set", "train.epochs=1",
         "--set", "eval.every=1", "--set", "eval.traversals=false", "--set", "max_concurrent=4",
+        "--set", "resources.gpu=0",     # the local provider cannot tell; no GPU here
         "--set", f"storage={STORAGE}", "--no-report"]
 
 

@@ -66,9 +66,9 @@ def test_a_second_driver_on_a_running_study_is_refused(tmp_path):
     spec.write_text(SPEC.format(name="busy", n=2000, epochs=6))
     first = _cli("run", str(spec), "--out", str(root), log=open(tmp_path / "first.log", "w"))
     try:
-        lock = root / "busy" / "driver.lock"
+        lock = root / "busy" / "lease"
         deadline = time.time() + 120
-        while not (lock.exists() and (root / "busy" / "study.json").exists()) \
+        while not (list(lock.glob("driver-*.json")) and (root / "busy" / "study.json").exists()) \
                 and time.time() < deadline:
             time.sleep(0.1)
         second = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(root / "busy")],
@@ -81,4 +81,4 @@ def test_a_second_driver_on_a_running_study_is_refused(tmp_path):
             first.kill()
     rows = pl.read_parquet(ResultStore(str(root), "busy").glob("trials"))
     assert rows.height == 12 and rows.n_unique(["trial_id", "epoch"]) == 12
-    assert not lock.exists()
+    assert not list(lock.glob("driver-*.json"))

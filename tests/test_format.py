@@ -64,7 +64,7 @@ def test_recorded_ids_win_over_recomputed_ones():
     meta["trials"][0]["id"] = "tsomeoldname"           # as an earlier version might have named it
     trials = recorded(meta, trial_configs(parse(meta["spec"])))
     assert trials[0][0] == "tsomeoldname"
-    assert trials[0][1].to_dict() == meta["trials"][0]["config"]
+    assert trials[0][1] == TrialConfig.from_dict(meta["trials"][0]["config"])   # keys added since
 
 
 # ---- the format version ---------------------------------------------------------------

@@ -97,7 +97,7 @@ def test_ctrl_c_stops_the_study_and_says_how_to_resume(tmp_path):
         _kill_group(driver.pid)
     assert driver.returncode == 130, out[-2000:]
     assert "vaestudy resume" in out
-    assert not (root / "interrupted" / "driver.lock").exists()
+    assert not list((root / "interrupted" / "lease").glob("driver-*.json"))
     resumed = subprocess.run(_cli("resume", str(root / "interrupted"), "--no-report"),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

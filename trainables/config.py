@@ -18,6 +18,7 @@ DATASETS = ("mnist", "intrinsic", "npz", "image_folder")
 ARCHS = ("auto", "conv2", "conv4", "mnist", "celeba", "yaleb")
 SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
+EVAL_METRICS = ("mig", "sap", "modularity")   # analysis.metrics.SEARCHABLE: cheap per evaluation
 RUNTIME_KEYS = {"train": ("threads",)}   # how a trial runs, not what it computes
 # The keys results format 1 hashed into a trial id (all of them, defaults included);
 # frozen, so that studies written then still map their spec to their recorded ids.
@@ -112,6 +113,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None        # torch threads; a Ray trial sets its CPU share
     fault_nan_epoch: int | None = None  # fault injection: poison a weight with NaN in this epoch
+    fault_oom_epoch: int | None = None  # fault injection: CUDA out of memory in this epoch
 
     def check(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -121,6 +123,7 @@ class TrainConfig:
         _one_of("train.device", self.device, DEVICES)
         _positive("train.threads", self.threads, allow_none=True)
         _positive("train.fault_nan_epoch", self.fault_nan_epoch, allow_none=True)
+        _positive("train.fault_oom_epoch", self.fault_oom_epoch, allow_none=True)
 
 
 @dataclass(frozen=True)
@@ -129,12 +132,15 @@ class EvalConfig:
     max_points: int = 10_000          # App. D: indicators on up to 10,000 test points
     used_threshold: float = 0.5       # App. E: a factor is used when its MI > 0.5 nats
     normal_var_tol: float = 0.1       # Fig. 5b: mean posterior variance within 0.1 of 1
-    codes_points: int = 1000          # rows of the codes table at the last evaluation
+    codes_points: int = 1000          # codes table rows at the last evaluation (docs/analysis.md)
     traversals: bool = True           # Fig. 12-16 montages at the end of the trial
     traversal_images: int = 3
+    metrics: tuple[str, ...] = ()     # disentanglement scores at each evaluation (search)
 
     def check(self) -> None:
         _positive("eval.every", self.every)
+        for m in self.metrics:
+            _one_of("eval.metrics", m, EVAL_METRICS)
         _positive("eval.max_points", self.max_points)
         if not self.used_threshold >= 0:
             raise ConfigError("eval.used_threshold", f"got {self.used_threshold}; allowed: >= 0")
@@ -256,6 +262,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if optional:
             return None
         raise ConfigError(key, f"got null; allowed: {_describe(text)}")
+    if "tuple[str" in text:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"got {value!r}; allowed: a list of names")
+        return tuple(value)
     if "tuple" in text:
         if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
             raise ConfigError(key, f"got {value!r}; allowed: a list of numbers")

@@ -29,6 +29,8 @@ metadata under `vaestudy.format_version`); readers accept every earlier one:
   1  (nothing recorded) trial ids hash every config value; study.json lists ids only.
   2  trial ids hash the non-default values (`TrialConfig.canonical`); study.json lists
      each trial as {"id", "config"}, and that list is authoritative on resume.
+  3  trials gain `mig`, `sap`, `modularity` (null unless eval.metrics asks for them);
+     earlier files read with those columns null.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FORMAT_KEY = b"vaestudy.format_version"
 TABLES = ("trials", "factors", "codes")
 STATES = ("running", "completed", "diverged", "failed", "stopped")
@@ -67,6 +69,7 @@ SCHEMAS = {
         ("eval_points", i64), ("used_threshold", f64), ("var_floor", f64),
         ("true_factors", i64), ("config", s), ("code_version", s), ("host", s), ("node", s),
         ("wall_time", f64), ("written_at", pa.timestamp("ms", tz="UTC")),
+        ("mig", f64), ("sap", f64), ("modularity", f64),
     ]),
     "factors": pa.schema([
         ("study", s), ("trial_id", s), ("epoch", i64), ("factor", i64), ("mi", f64),

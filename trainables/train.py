@@ -27,7 +27,7 @@ from trainables.vae import VAE, kl_to_prior
 Report = Callable[[dict], None]
 METRICS = ("trial_id", "epoch", "evlb", "recon_mse", "kl_post_prior", "mi_xz", "kl_qz_pz",
            "kl_qstar_pz", "n_used_factors", "n_normal_variance_factors", "sigma2",
-           "equivalent_sigma2", "train_loss")
+           "equivalent_sigma2", "train_loss", "mig", "sap", "modularity")
 
 
 @dataclass
@@ -45,6 +45,11 @@ class Run:
     flushed: int = 0                       # last epoch whose rows are on storage
     node: str = ""                         # where it runs: host, or the Ray node
     last_mi: torch.Tensor | None = None    # per-factor MI of the last evaluation
+
+
+class FatalTrialError(RuntimeError):
+    """A failure no retry can fix (CUDA out of memory, storage the node cannot see): the
+    trial fails at once and is not retried."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -115,6 +120,7 @@ def result_rows(run: Run, study: str, trial_id: str, ev: dict, train_loss: float
         "equivalent_sigma2": beta * sigma2,                             # Sec. 7.2.1
         "latent_dim": cfg.model.latent_dim, "seed": cfg.train.seed,
         "evlb": ev["evlb"], "recon_mse": ev["recon_mse"], **ind.scalars,
+        **{m: ev.get("scores", {}).get(m) for m in ("mig", "sap", "modularity")},
         "train_loss": train_loss, "noise_pi": noise.get("pi"), "noise_sigma2_k": noise.get("sigma2_k"),
         "eval_points": ev["eval_points"], "used_threshold": cfg.eval.used_threshold,
         "var_floor": cfg.noise.var_floor,
@@ -177,8 +183,16 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
         if report and final:                # a rerun still shows it in the progress table
             report(final)
         return final
-    run, train_x, test = _start(cfg, store, trial_id, node, done, log)
-    last: dict = {}
+    try:
+        run, train_x, test = _start(cfg, store, trial_id, node, done, log)
+        return _train(run, store, trial_id, train_x, test, report, log)
+    except torch.OutOfMemoryError as e:
+        raise _out_of_memory(store, trial_id, node or socket.gethostname(), e) from None
+
+
+def _train(run, store, trial_id, train_x, test, report, log) -> dict:
+    """Epochs from the run's epoch to the end: evaluate, flush, checkpoint, report."""
+    cfg, last = run.cfg, {}
     while run.epoch < cfg.train.epochs:
         loss = _timed_epoch(run, train_x)
         if not math.isfinite(loss) or not _finite_params(run):
@@ -194,6 +208,17 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
         if evaluated and report and run.epoch < cfg.train.epochs:
             report(last)                    # the last epoch is reported once the trial is done
     return _completed(run, store, trial_id, test, last, report)
+
+
+def _out_of_memory(store, trial_id, node, err) -> FatalTrialError:
+    """A retry on the same share of the same GPU runs out of memory again: fail now."""
+    msg = (f"CUDA out of memory on {node}: too many trials or too large a pack on one GPU; "
+           f"raise resources.gpu (fewer trials per GPU) or lower `pack` "
+           f"({str(err).splitlines()[0][:200]})")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    store.set_status(trial_id, "failed", error=msg)
+    return FatalTrialError(msg)
 
 
 def _start(cfg, store, trial_id, node, done, log):
@@ -218,6 +243,9 @@ def _start(cfg, store, trial_id, node, done, log):
 
 def _timed_epoch(run: Run, train_x: torch.Tensor) -> float:
     t0 = time.perf_counter()
+    if run.cfg.train.fault_oom_epoch == run.epoch + 1:   # as torch raises it, before any step
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB "
+                                     "(injected by train.fault_oom_epoch)")
     if run.cfg.train.fault_nan_epoch == run.epoch + 1:   # a real NaN through the real step
         with torch.no_grad():
             next(run.vae.parameters()).view(-1)[0] = float("nan")
@@ -257,6 +285,7 @@ def _completed(run, store, trial_id, test, last, report) -> dict:
 
 def _evaluate_and_buffer(run, study, trial_id, loss, test) -> dict:
     ev = evaluate(run, test)
+    ev["scores"] = disentanglement_scores(run, ev, test)
     rows = result_rows(run, study, trial_id, ev, loss, test)
     run.last_mi = ev["indicators"].factors["mi"]
     run.rows["trials"] += rows["trials"]
@@ -264,7 +293,21 @@ def _evaluate_and_buffer(run, study, trial_id, loss, test) -> dict:
     if run.epoch == run.cfg.train.epochs:                    # codes: the last evaluation only
         run.rows["codes"] += code_rows(run, study, trial_id, ev, test)
     row = rows["trials"][0]
-    return {k: row[k] for k in METRICS}
+    return {k: row[k] for k in METRICS if row[k] is not None}
+
+
+def disentanglement_scores(run: Run, ev: dict, test: datasets.Data) -> dict:
+    """eval.metrics (MIG, SAP, modularity) on the points just encoded and their true factors;
+    {} when none is asked for or the data have no factors."""
+    names = run.cfg.eval.metrics
+    if not names or test.factors is None:
+        return {}
+    from analysis.metrics import compute_searchable
+
+    n = ev["eval_points"]
+    return compute_searchable(names, ev["mu"].double().cpu().numpy(),            # [n, H]
+                              test.factors[:n].double().cpu().numpy(),           # [n, P]
+                              seed=(run.cfg.train.seed, run.epoch))
 
 
 def last_metrics(store: ResultStore, trial_id: str) -> dict:
@@ -272,7 +315,7 @@ def last_metrics(store: ResultStore, trial_id: str) -> dict:
     if t is None or t.num_rows == 0:
         return {}
     row = t.sort_by("epoch").slice(t.num_rows - 1).to_pylist()[0]
-    return {k: v for k, v in row.items() if k in METRICS}
+    return {k: v for k, v in row.items() if k in METRICS and v is not None}
 
 
 def _finite_params(run: Run) -> bool:
