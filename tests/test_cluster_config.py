@@ -120,3 +120,20 @@ def test_onprem_uses_the_local_provider():
     assert provider["type"] == "local"
     assert provider["head_ip"] and provider["worker_ips"]
     assert provider["head_ip"] not in provider["worker_ips"]
+
+
+def test_setup_needs_only_python_and_pip():
+    """No uv, no `pip install --user` (refused by Debian 12's system Python): a venv and its
+    pip, the same commands in both files (tests/test_cluster_up.py runs the on-prem ones)."""
+    onprem, aws = (prepared(n)["setup_commands"] for n in FILES[::-1])
+    for cmd in onprem + aws:
+        assert not re.search(r"\buv\b|--user", cmd), cmd
+    install = [c for c in onprem if " -m venv " in c or " -m pip install " in c]
+    assert len(install) == 2 and install == [c for c in aws if c in install]
+
+
+def test_onprem_head_runs_autoscaler_v1():
+    """`ray up` turns on autoscaler v2, which never starts a local provider's workers."""
+    head = next(c for c in prepared("cluster-onprem.yaml")["head_start_ray_commands"]
+                if "ray start" in c)
+    assert "RAY_enable_autoscaler_v2=0" in head
