@@ -135,11 +135,18 @@ class EvalConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 5                    # epochs between checkpoints (and results flushes)
-    keep: int = 2                     # checkpoints kept per trial besides the final one
+    keep: int = 2                     # checkpoints kept while the trial runs
+    final: str = "weights"            # after it completes: weights | full | none
 
     def check(self) -> None:
         _positive("checkpoint.every", self.every)
         _positive("checkpoint.keep", self.keep)
+        if self.final not in FINAL_CHECKPOINTS:
+            raise ConfigError("checkpoint.final", f"got {self.final!r}; allowed: "
+                              f"{', '.join(FINAL_CHECKPOINTS)}")
+
+
+FINAL_CHECKPOINTS = ("weights", "full", "none")   # what a completed trial keeps
 
 
 SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "noise": NoiseConfig,
@@ -183,6 +190,7 @@ class TrialConfig:
         How many threads it gets (train.threads, set from its CPU share) is not part of it."""
         d = self.to_dict()
         d["train"] = {k: v for k, v in d["train"].items() if k not in RUNTIME_KEYS}
+        d["checkpoint"].pop("final")          # what is kept afterwards: same trial
         blob = json.dumps(d, sort_keys=True, default=str)
         return "t" + hashlib.sha256(blob.encode()).hexdigest()[:11]
 
