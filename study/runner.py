@@ -80,7 +80,7 @@ def check_data(configs: list[TrialConfig]) -> None:
             continue
         seen.add(key)
         try:
-            datasets.load(cfg.dataset)
+            datasets.check(cfg.dataset)
         except datasets.DataError as e:
             raise UsageError(f"dataset.path: {e}") from None
 
