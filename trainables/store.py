@@ -399,8 +399,9 @@ class ResultStore:
             return None
         return t.to_pylist(), json.loads((t.schema.metadata or {})[b"vaestudy"])
 
-    def trial_states(self, trial_ids: list[str] | None = None) -> tuple[dict[str, dict], str]:
-        """({trial_id: status row}, source): the status table when it is current (one read),
+    def trial_states(self, trial_ids: list[str] | None = None) -> tuple[dict[str, dict], dict | None]:
+        """({trial_id: status row}, the table's metadata or None when read from the files):
+        the status table when it is current (one read),
         else every status file in parallel. Current: the driver wrote it when it ended
         (`final`), or less than STALE_TABLE_S ago while it runs."""
         table = self.read_status_table()
@@ -408,7 +409,7 @@ class ResultStore:
             rows, meta = table
             age = time.time() - meta.get("written_at", 0)
             if meta.get("final") or age < STALE_TABLE_S:
-                return {r["trial_id"]: r for r in rows}, "table"
+                return {r["trial_id"]: r for r in rows}, meta
         got = self.status_many(trial_ids) if trial_ids is not None else \
             {st["trial_id"]: st for st in self.all_status()}
-        return {t: status_row(st) for t, st in got.items()}, "files"
+        return {t: status_row(st) for t, st in got.items()}, None
