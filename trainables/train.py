@@ -27,7 +27,7 @@ from trainables.vae import VAE, kl_to_prior
 Report = Callable[[dict], None]
 METRICS = ("trial_id", "epoch", "evlb", "recon_mse", "kl_post_prior", "mi_xz", "kl_qz_pz",
            "kl_qstar_pz", "n_used_factors", "n_normal_variance_factors", "sigma2",
-           "equivalent_sigma2", "train_loss", "wall_time")
+           "equivalent_sigma2", "train_loss")
 
 
 @dataclass
