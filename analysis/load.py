@@ -64,8 +64,8 @@ def read_table(st: ResultStore, table: str, columns: list[str] | None = None) ->
     """Every file of the table now, read in parallel; listed again if one vanished."""
     names = columns or SCHEMAS[table].names
     for attempt in range(LIST_TRIES):
-        files = table_files(st, table)
         try:
+            files = table_files(st, table)
             parts = st.read_many(files, lambda p: read_file(st, p, table, names))
             break
         except FileNotFoundError:
