@@ -164,3 +164,42 @@ def test_a_completed_trial_keeps_only_what_checkpoint_final_says(tmp_path, mode)
         assert "opt" not in state and state["epoch"] == 3
         rows = load.trials(str(tmp_path), "ck").collect()
         assert trial_truth(str(tmp_path), "ck", tid, rows["config"][0]) is not None
+
+
+@pytest.mark.slow
+def test_resume_plans_on_the_driver_finished_trials_never_reach_tune(tmp_path, monkeypatch):
+    import tempfile
+
+    import ray
+
+    from study import runner
+    from study.spec import parse
+
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    raw = {"name": "plan", "seeds": [0, 1], "dataset": {"name": "intrinsic", "n": 200, "factors": 2},
+           "model": {"latent_dim": 3}, "train": {"epochs": 1, "device": ["cpu", "cuda"]},
+           "eval": {"traversals": False}, "failure": {"max_retries": 0}, "max_concurrent": 2}
+    handed = []
+    real_fit = runner.fit
+    monkeypatch.setattr(runner, "fit", lambda spec, store, space, **k: (
+        handed.append({"space": space, **k}), real_fit(spec, store, space, **k))[1])
+    logs = []
+    try:
+        first = runner.run(parse(raw), str(tmp_path), log=logs.append)
+        assert first.counts["completed"] == 2 and first.counts["failed"] == 2
+        store = first.store
+        failed = sorted(t for t, r in store.trial_states()[0].items() if r["state"] == "failed")
+        again = runner.run(parse(raw), str(tmp_path), resume=True, log=logs.append)
+        assert "plan: 2 trials finished before, 2 to run" in logs
+        assert sorted(handed[-1]["configs"]) == failed                # only those reach Tune
+        assert sorted(handed[-1]["space"]["trial"]["grid_search"]) == failed  # ids, not configs
+        assert again.counts == first.counts
+        done = parse({**raw, "name": "done", "train": {"epochs": 1}})
+        runner.run(done, str(tmp_path), log=logs.append)
+        calls, t0 = len(handed), time.perf_counter()
+        out = runner.run(done, str(tmp_path), resume=True, log=logs.append)
+        assert len(handed) == calls and time.perf_counter() - t0 < 10  # no Tune, no trial
+        assert "plan: 2 trials finished before, 0 to run" in logs and out.counts["completed"] == 2
+        assert all(s["attempts"] == 1 for s in out.store.all_status())
+    finally:
+        ray.shutdown()
