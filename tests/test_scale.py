@@ -203,3 +203,16 @@ def test_resume_plans_on_the_driver_finished_trials_never_reach_tune(tmp_path, m
         assert all(s["attempts"] == 1 for s in out.store.all_status())
     finally:
         ray.shutdown()
+
+
+def test_compact_command_merges_a_study_and_refuses_a_non_study(tmp_path, capsys):
+    from study.cli import main
+
+    store, _ = study(tmp_path, ["completed"] * 3)
+    assert main(["compact", str(tmp_path / "s"), "--grace", "0"]) == 0
+    assert "compacted 3 newly finished trials" in capsys.readouterr().out
+    assert store.listdir(store.path("trials")) == ["compact-000001.parquet"]
+    assert main(["compact", str(tmp_path / "s"), "--grace", "0"]) == 0
+    assert "nothing to compact" in capsys.readouterr().out
+    assert main(["compact", str(tmp_path / "nope")]) == 2
+    assert "not a study folder" in capsys.readouterr().err
