@@ -49,11 +49,12 @@ def code_rows(study: str, tid: str, epoch: int, H: int, n: int, rng) -> list[dic
 
 
 def write_trial(store: ResultStore, i: int, epochs: int = 20, H: int = 128, every: int = 20,
-                codes: int = 100, state: str = "completed", upto: int | None = None) -> dict:
-    """Trial i through the store; `state` running stops after epoch `upto` unfinished."""
+                codes: int = 100, state: str = "completed", upto: int | None = None,
+                trial: tuple[str, dict] | None = None) -> dict:
+    """Trial i (or `trial`: a real (id, config) pair) through the store; a `running` trial
+    stops unfinished after epoch `upto`. Returns its status-table row."""
     rng = np.random.default_rng(i)
-    tid = f"t{i:06d}"
-    cfg = config(i, epochs, H)
+    tid, cfg = trial or (f"t{i:06d}", config(i, epochs, H))
     store.set_status(tid, "running", config=cfg, epochs=epochs, attempts=1)
     last = upto if state == "running" else epochs
     buf = {"trials": [], "factors": [], "codes": []}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from importlib.metadata import version
 import socket
 import time
 from dataclasses import dataclass
@@ -93,13 +94,10 @@ def check_data(configs: list[TrialConfig]) -> None:
 def write_meta(store: ResultStore, spec: StudySpec, trial_ids: list[str], **extra) -> None:
     path = store.path("study.json")
     old = store.read_json(path) if store.exists(path) else {}
-    import ray
-    import torch
-
     meta = {**old, "name": spec.name, "spec": spec.raw, "spec_json": spec.to_json(),
             "size": spec.size_line(), "trials": trial_ids or old.get("trials", []),
-            "versions": {"vaestudy": code_version(), "ray": ray.__version__,
-                         "torch": torch.__version__},
+            "versions": {"vaestudy": code_version(), "ray": version("ray"),
+                         "torch": version("torch")},     # without importing them: seconds
             "started": old.get("started", time.time()), **extra}
     store.write_json(path, meta)
 
