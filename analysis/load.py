@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from polars.io.plugins import register_io_source
 
 from trainables.compact import table_files
-from trainables.store import SCHEMAS, ResultStore
+from trainables.store import FORMAT_KEY, SCHEMAS, ResultStore, check_format
 
 KEYS = {"trials": ["trial_id", "epoch"], "factors": ["trial_id", "epoch", "factor"],
         "codes": ["trial_id", "epoch", "point"]}
@@ -36,7 +36,11 @@ USABLE = ("completed", "running")             # states whose last row is a resul
 
 @lru_cache(maxsize=8)
 def store(root: str, study: str) -> ResultStore:
-    return ResultStore(root, study)
+    """The study's store; a study written in a results format this code cannot read is
+    refused here, once, before any table is scanned."""
+    st = ResultStore(root, study)
+    st.read_meta()
+    return st
 
 
 def empty(table: str) -> pl.LazyFrame:
@@ -79,6 +83,7 @@ def read_file(st: ResultStore, path: str, table: str, names: list[str]) -> pa.Ta
     """The columns `names` of one file in the store's types; ones it lacks as nulls."""
     with st.fs.open_input_file(path) as f:
         pf = pq.ParquetFile(f)
+        check_format((pf.schema_arrow.metadata or {}).get(FORMAT_KEY, 1), path)
         have = [n for n in names if n in pf.schema_arrow.names]
         t = pf.read(columns=have)
     fields = [SCHEMAS[table].field(n) for n in names]
@@ -166,9 +171,7 @@ def codes(root: str, study: str) -> pl.LazyFrame:
 
 def study_spec(root: str, study: str) -> dict | None:
     """study.json as written by the study runner; None for a `vaestudy train` study."""
-    st = store(root, study)
-    path = st.path("study.json")
-    return st.read_json(path) if st.exists(path) else None
+    return store(root, study).read_meta()
 
 
 def traversal_png(root: str, study: str, trial_id: str) -> bytes | None:

@@ -77,7 +77,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
     if not store.exists(store.path("study.json")):
         raise UsageError(f"{args.study}: no study.json there; nothing to resume")
-    meta = store.read_json(store.path("study.json"))
+    meta = store.read_meta()
     spec = parse(meta["spec"])
     return _run(spec, root, args.address, resume=True, report=not args.no_report)
 
@@ -209,10 +209,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainables.store import StoreError
+
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as e:
+    except (UsageError, StoreError) as e:               # bad input or unusable storage
         print(f"vaestudy: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

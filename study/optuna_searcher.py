@@ -49,7 +49,7 @@ class OptunaStudySearcher(Searcher):
             frozen = self.pending.pop(0)
             number, params = frozen.number, frozen.params
             cfg = TrialConfig.from_dict({**self.scfg.fixed, **params})
-            tid = trial_id_for(cfg, number)
+            tid = frozen.user_attrs.get("trial_id") or trial_id_for(cfg, number)   # as recorded
         else:
             trial = self.study.ask(fixed_distributions=self.scfg.space)
             number, params = trial.number, trial.params

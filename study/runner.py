@@ -1,11 +1,13 @@
 """Run a study on Ray Tune: local Ray or an existing cluster, resumable at any point.
 
-A study is the list of its trials' configs, fixed before anything starts and
-recorded in study.json. Running it again (`vaestudy resume`, or `vaestudy run`
-with the same spec) plans on the driver: trials that finished (completed or
-diverged) never reach Tune, the others continue from their latest checkpoint on
-storage. Tune's search space holds only trial ids; the id -> config map goes to
-the trials once through Ray's object store (`tune.with_parameters`). A status
+A study is the list of its trials (id and config), fixed before anything starts
+and recorded in study.json. That record is authoritative: running the study again
+(`vaestudy resume`, or `vaestudy run` with the same spec) uses the recorded ids,
+never recomputed ones, so a study written by an earlier version resumes as
+written. The driver plans the run: trials that finished (completed or diverged)
+never reach Tune, the others continue from their latest checkpoint on storage.
+Tune's search space holds only trial ids; the id -> config map goes to the
+trials once through Ray's object store (`tune.with_parameters`). A status
 tracker (study/tracker.py) keeps the study's status table while Tune runs, and
 the finished trials are compacted when the driver ends.
 """
@@ -23,8 +25,9 @@ from study.inputs import UsageError
 from study.spec import StudySpec, _is_grid, trial_configs
 from study.status import count_states
 from study.tracker import StatusTracker, config_row
-from trainables.config import TrialConfig
-from trainables.store import FINISHED, ResultStore, StoreError, code_version
+from trainables.config import ConfigError, TrialConfig
+from trainables.store import (FINISHED, FORMAT_VERSION, ResultStore, StoreError, code_version,
+                              recorded_trials)
 
 
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"   # "0": a node's address stays 127.0.0.1
@@ -40,8 +43,8 @@ class Outcome:
 def prepare(spec: StudySpec, root: str, resume: bool = False):
     """Everything that can fail on user input, before Ray starts or a file is written.
 
-    Returns (store, trial configs, search config): the configs of a grid, or
-    for a search the search config and, as configs, one sample to check data."""
+    Returns (store, trials, search config): a grid's [(trial id, config)], the recorded
+    ids where the study exists; for a search, no trials and the search config."""
     scfg = None
     if spec.search is not None:
         from study.search import parse_search
@@ -57,9 +60,11 @@ def prepare(spec: StudySpec, root: str, resume: bool = False):
         store.check_writable()
     except StoreError as e:
         raise UsageError(str(e)) from None
-    meta_path = store.path("study.json")
-    if store.exists(meta_path):
-        old = store.read_json(meta_path)
+    try:
+        old = store.read_meta()
+    except StoreError as e:
+        raise UsageError(str(e)) from None
+    if old is not None:
         if json.loads(old["spec_json"]) != json.loads(spec.to_json()):
             raise UsageError(f"name: a different study named {spec.name!r} already exists in "
                              f"{store.uri()}; choose another name (--set name=...) or resume it "
@@ -68,7 +73,26 @@ def prepare(spec: StudySpec, root: str, resume: bool = False):
         raise UsageError(f"{store.uri()}: no study.json; nothing to resume")
     if scfg is not None:
         scfg.storage_url(store)                      # refuses SQLite on remote storage
-    return store, ([] if scfg else configs), scfg
+        return store, [], scfg
+    return store, (recorded(old, configs) if old else [(c.trial_id(), c) for c in configs]), scfg
+
+
+def recorded(meta: dict, configs: list[TrialConfig]) -> list[tuple[str, TrialConfig]]:
+    """The study's trials as study.json records them. Format 1 recorded ids alone, hashed
+    from every value: the spec's configs are matched to them by that old hash."""
+    trials = recorded_trials(meta)
+    if all(t["config"] is not None for t in trials):
+        try:
+            return [(t["id"], TrialConfig.from_dict(t["config"])) for t in trials]
+        except ConfigError as e:
+            raise UsageError(f"study.json: a recorded trial config: {e}") from None
+    by_legacy = {c.legacy_trial_id(): c for c in configs}
+    missing = [t["id"] for t in trials if t["id"] not in by_legacy]
+    if missing or len(trials) != len(configs):
+        raise UsageError(f"study.json: its {len(trials)} recorded trials do not match the "
+                         f"spec's {len(configs)} ({', '.join(missing[:3]) or 'count'}); "
+                         "the study folder was edited or damaged")
+    return [(t["id"], by_legacy[t["id"]]) for t in trials]
 
 
 def _first(dist):
@@ -91,11 +115,13 @@ def check_data(configs: list[TrialConfig]) -> None:
             raise UsageError(f"dataset.path: {e}") from None
 
 
-def write_meta(store: ResultStore, spec: StudySpec, trial_ids: list[str], **extra) -> None:
+def write_meta(store: ResultStore, spec: StudySpec, trials: list[dict] | None, **extra) -> None:
+    """study.json in the current format; `trials` as [{"id", "config"}] (None: keep them)."""
     path = store.path("study.json")
     old = store.read_json(path) if store.exists(path) else {}
-    meta = {**old, "name": spec.name, "spec": spec.raw, "spec_json": spec.to_json(),
-            "size": spec.size_line(), "trials": trial_ids or old.get("trials", []),
+    meta = {**old, "name": spec.name, "format_version": FORMAT_VERSION, "spec": spec.raw,
+            "spec_json": spec.to_json(), "size": spec.size_line(),
+            "trials": trials or recorded_trials(old),
             "versions": {"vaestudy": code_version(), "ray": version("ray"),
                          "torch": version("torch")},     # without importing them: seconds
             "started": old.get("started", time.time()), **extra}
@@ -137,14 +163,15 @@ def _is_loopback(address: str) -> bool:
 
 def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = False,
         log=print) -> Outcome:
-    store, configs, scfg = prepare(spec, root, resume)
+    store, trials, scfg = prepare(spec, root, resume)
     log(f"study {spec.name}: {spec.size_line()}")
     log(f"results: {store.uri()}")
     t0 = time.time()
-    ids = [c.trial_id() for c in configs]
+    ids = [tid for tid, _ in trials]
     with driver_lock(store):
-        write_meta(store, spec, ids, driver_host=socket.gethostname())
-        rows, todo = plan(store, configs) if scfg is None else (store.trial_states()[0], {})
+        write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
+                   driver_host=socket.gethostname())
+        rows, todo = plan(store, trials) if scfg is None else (store.trial_states()[0], {})
         tracker = StatusTracker(store, rows, todo, {"started": t0, "cpu": spec.cpu,
                                                     "gpu": spec.gpu or 0.0})
         tracker.write(final=False)
@@ -162,24 +189,24 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
             ids, errors = optuna_run.fit_search(spec, scfg, store, log, callbacks=[tracker])
         record_failures(store, tracker, errors)
         tracker.write(final=True)
-        write_meta(store, spec, ids, finished=time.time())
-        compact_finished(store, log)
+        write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],
+                   finished=time.time())
+        if todo or scfg is not None:             # a finished study's resume writes no row
+            compact_finished(store, log)
     return Outcome(store, count_states(tracker.rows, ids), time.time() - t0)
 
 
-def plan(store: ResultStore, configs: list[TrialConfig]) -> tuple[dict[str, dict], dict]:
+def plan(store: ResultStore, trials: list[tuple[str, TrialConfig]]) -> tuple[dict[str, dict], dict]:
     """(a status row per trial, {id: config} of those to run): finished trials stay out.
 
     One read of the status table when it is current, else the trials' status files in
     parallel; a finished state is final, so the table's word is enough for it."""
-    ids = [c.trial_id() for c in configs]
-    known, _ = store.trial_states(ids)
+    known, _ = store.trial_states([tid for tid, _ in trials])
     rows = {}
-    for tid, cfg in zip(ids, configs):
+    for tid, cfg in trials:
         rows[tid] = config_row(tid, cfg.to_dict())
         rows[tid].update({k: v for k, v in known.get(tid, {}).items() if v is not None})
-    todo = {tid: cfg.to_dict() for tid, cfg in zip(ids, configs)
-            if rows[tid]["state"] not in FINISHED}
+    todo = {tid: cfg.to_dict() for tid, cfg in trials if rows[tid]["state"] not in FINISHED}
     return rows, todo
 
 

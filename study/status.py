@@ -12,7 +12,7 @@ import time
 
 import polars as pl
 
-from trainables.store import FINISHED, ResultStore
+from trainables.store import FINISHED, ResultStore, recorded_trials
 
 STALE_TRIAL_S = 300.0      # a running trial is flagged when silent for this long (or 5 epochs)
 BEST_COLUMNS = ["trial_id", "noise", "beta", "sigma2", "seed", "epoch", "evlb", "recon_mse",
@@ -39,9 +39,10 @@ def count_states(rows: dict[str, dict], ids: list[str]) -> dict[str, int]:
 
 def status_text(store: ResultStore, top: int = 5, now: float | None = None) -> str:
     now = now or time.time()
-    meta = store.read_json(store.path("study.json")) if store.exists(store.path("study.json")) else {}
-    rows, info = store.trial_states(meta.get("trials") or None)
-    ids = meta.get("trials") or sorted(rows)
+    meta = store.read_meta() or {}
+    recorded = [t["id"] for t in recorded_trials(meta)]
+    rows, info = store.trial_states(recorded or None)
+    ids = recorded or sorted(rows)
     counts = {k: v for k, v in count_states(rows, ids).items() if v}
     where = (f"status table written {_ago(now - info['written_at'])}" if info else
              "status files (no current status table)")

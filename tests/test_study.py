@@ -6,7 +6,7 @@ import pytest
 
 from study import runner
 from study.spec import parse
-from trainables.store import SCHEMAS, ResultStore
+from trainables.store import FORMAT_VERSION, SCHEMAS, ResultStore
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,8 @@ def test_four_trial_mnist_study_reads_back_with_polars(tmp_path, ray_local, mnis
     assert pl.scan_parquet(store.glob("codes")).collect().height == 4 * 50
     meta = store.read_json(store.path("study.json"))
     assert len(meta["trials"]) == 4 and "finished" in meta and meta["versions"]["ray"]
-    for t in meta["trials"]:
+    assert meta["format_version"] == FORMAT_VERSION
+    for t in (t["id"] for t in meta["trials"]):
         assert store.checkpoints(t) == []                          # only the final weights
         assert "opt" not in store.load_checkpoint(t) and store.load_checkpoint(t)["epoch"] == 2
         assert store.parts("trials", t) == []                      # compacted at the end

@@ -35,7 +35,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from trainables.store import FINISHED, FORMAT_VERSION, SCHEMAS, TABLES, ResultStore
+from trainables.store import (FINISHED, FORMAT_KEY, FORMAT_VERSION, SCHEMAS, TABLES, ResultStore,
+                              check_format)
 
 COMPACT = re.compile(r"compact-(\d+)\.parquet$")
 KEYS = {"trials": ["trial_id", "epoch"], "factors": ["trial_id", "epoch", "factor"],
@@ -70,6 +71,7 @@ def covered(store: ResultStore, path: str) -> set[str]:
     """The trials a compact file holds, from its footer."""
     with store.fs.open_input_file(path) as f:
         meta = pq.read_metadata(f).metadata or {}
+    check_format(meta.get(FORMAT_KEY, 1), path)
     return set(json.loads(meta[b"vaestudy"])["trials"])
 
 
@@ -112,7 +114,8 @@ def _write_generation(store, table, compacts, held, new, parts) -> None:
     merged = heapq.merge(old, _new_trials(store, table, new, parts), key=lambda kv: kv[0])
     trials = sorted(held | set(new))
     info = {"format_version": FORMAT_VERSION, "gen": gen, "trials": trials}
-    schema = SCHEMAS[table].with_metadata({"vaestudy": json.dumps(info)})
+    schema = SCHEMAS[table].with_metadata({"vaestudy": json.dumps(info),
+                                           FORMAT_KEY: str(FORMAT_VERSION).encode()})
     name = f"compact-{gen:06d}.parquet"
     final = store.path(table, name)
     target = store.path(table, f".{name}.tmp-{uuid.uuid4().hex[:8]}") if store.local else final
@@ -151,8 +154,7 @@ def _by_trial(t: pa.Table) -> Iterator[tuple[str, pa.Table]]:
 def _new_trials(store, table, new, parts) -> Iterator[tuple[str, pa.Table]]:
     """(trial_id, its rows deduped and sorted) for each new trial, read ahead in parallel."""
     def read(tid: str) -> pa.Table:
-        t = pa.concat_tables([_conform(pq.read_table(store.fs.open_input_file(p)), table)
-                              for p in parts[tid]])
+        t = pa.concat_tables([_conform(store._read_file(p), table) for p in parts[tid]])
         frame = pl.from_arrow(t)
         if table == "trials":                     # the row written last wins, as in the loader
             frame = frame.sort("written_at", nulls_last=False)

@@ -18,7 +18,20 @@ DATASETS = ("mnist", "intrinsic", "npz", "image_folder")
 ARCHS = ("auto", "conv2", "conv4", "mnist", "celeba", "yaleb")
 SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
-RUNTIME_KEYS = ("threads",)
+RUNTIME_KEYS = {"train": ("threads",),    # how a trial runs, not what it computes
+                "checkpoint": ("final",)}   # what a completed trial keeps: the same trial
+# The keys results format 1 hashed into a trial id (all of them, defaults included);
+# frozen, so that studies written then still map their spec to their recorded ids.
+FORMAT1_KEYS = {
+    "dataset": ("name", "path", "limit", "split", "split_seed", "factors", "n", "image_size",
+                "seed", "download"),
+    "model": ("latent_dim", "arch"),
+    "noise": ("kind", "sigma2", "beta", "k", "update", "var_floor"),
+    "train": ("epochs", "batch_size", "lr", "seed", "device", "fault_nan_epoch"),
+    "eval": ("every", "max_points", "used_threshold", "normal_var_tol", "codes_points",
+             "traversals", "traversal_images"),
+    "checkpoint": ("every", "keep"),
+}
 
 
 class ConfigError(ValueError):
@@ -184,13 +197,30 @@ class TrialConfig:
     def flat(self) -> dict[str, Any]:
         return {f"{s}.{k}": v for s, d in self.to_dict().items() for k, v in d.items()}
 
-    def trial_id(self) -> str:
-        """Stable id of this configuration: the same config always names the same trial.
+    def canonical(self) -> dict[str, dict[str, Any]]:
+        """The values that define the experiment: those that differ from their defaults,
+        without the runtime keys. A key added later with a default leaves this unchanged."""
+        out = {}
+        for section, cls in SECTIONS.items():
+            default = _jsonable(dataclasses.asdict(cls()))
+            runtime = RUNTIME_KEYS.get(section, ())
+            diff = {k: v for k, v in self.to_dict()[section].items()
+                    if k not in runtime and v != default[k]}
+            if diff:
+                out[section] = diff
+        return out
 
-        How many threads it gets (train.threads, set from its CPU share) is not part of it."""
+    def trial_id(self) -> str:
+        """Stable id of this configuration: a hash of `canonical()`, so the same experiment
+        always names the same trial, whatever keys later versions add with defaults."""
+        blob = json.dumps(self.canonical(), sort_keys=True, default=str)
+        return "t" + hashlib.sha256(blob.encode()).hexdigest()[:11]
+
+    def legacy_trial_id(self) -> str:
+        """The id results format 1 gave this config: a hash of every value, defaults included.
+        Only to match the trials of a study written before format 2 to its spec."""
         d = self.to_dict()
-        d["train"] = {k: v for k, v in d["train"].items() if k not in RUNTIME_KEYS}
-        d["checkpoint"].pop("final")          # what is kept afterwards: same trial
+        d = {s: {k: d[s][k] for k in keys} for s, keys in FORMAT1_KEYS.items()}
         blob = json.dumps(d, sort_keys=True, default=str)
         return "t" + hashlib.sha256(blob.encode()).hexdigest()[:11]
 

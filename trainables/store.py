@@ -3,7 +3,8 @@
 Layout under ROOT/STUDY/ (ROOT a local path or a pyarrow-filesystem URI such
 as s3://bucket/prefix):
 
-    study.json                        spec, versions, start/end times (study/)
+    study.json                        spec, format version, the trial list (ids with
+                                      their configs), versions, start/end times (study/)
     trials/<trial_id>/part-<first>-<last>.parquet    one row per evaluated epoch
     factors/<trial_id>/part-<first>-<last>.parquet   one row per epoch and factor
     codes/<trial_id>/part-<first>-<last>.parquet     mu, logvar at the last evaluation
@@ -29,6 +30,15 @@ segments that the merged file contains, which `tidy` removes.
 Temp files start with "." (`.name.tmp-XXXX`), so directory readers (pyarrow.dataset,
 pandas, DuckDB, Spark) skip them. Compaction (trainables/compact.py) is safe while
 readers run; see there.
+
+Format versions (`FORMAT_VERSION`, in study.json and in each Parquet file's
+metadata under `vaestudy.format_version`); readers accept every earlier one:
+  1  (nothing recorded) trial ids hash every config value; study.json lists ids only.
+  2  trial ids hash the non-default values (`TrialConfig.canonical`); study.json lists
+     each trial as {"id", "config"}, and that list is authoritative on resume.
+  3  + compact-<gen>.parquet per table (finished trials; trainables/compact.py),
+     status.parquet (the driver's status table), checkpoints/<id>/final.pt (weights
+     only); a study of format 1 or 2 has none of them and reads unchanged.
 """
 from __future__ import annotations
 
@@ -49,9 +59,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-# 1: per-trial parts only. 2: + compact-<gen>.parquet per table, status.parquet, final.pt;
-# a reader of 2 reads 1 unchanged (a study without compact files or a status table).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+FORMAT_KEY = b"vaestudy.format_version"
 TABLES = ("trials", "factors", "codes")
 FINISHED = ("completed", "diverged")        # terminal: never rerun, never rewritten
 STATES = ("running", "completed", "diverged", "failed", "stopped")
@@ -111,6 +120,27 @@ def status_row(st: dict) -> dict:
 
 class StoreError(RuntimeError):
     """The results storage cannot be used (unknown scheme, unwritable, ...)."""
+
+
+def check_format(version: Any, where: str) -> int:
+    """The format version of a file or study this code can read; one clear error otherwise."""
+    if isinstance(version, bytes):
+        version = version.decode()
+    try:
+        v = int(version)
+    except (TypeError, ValueError):
+        v = -1
+    if not 1 <= v <= FORMAT_VERSION:
+        raise StoreError(f"{where}: results format {version!r} is not one this vaestudy reads "
+                         f"(1 to {FORMAT_VERSION}); a newer vaestudy wrote it: upgrade "
+                         "(pip install -U vaestudy)")
+    return v
+
+
+def recorded_trials(meta: dict) -> list[dict]:
+    """study.json's trial list as [{"id": ..., "config": ... or None}], for every format."""
+    return [{"id": t, "config": None} if isinstance(t, str) else
+            {"id": t["id"], "config": t.get("config")} for t in meta.get("trials", [])]
 
 
 SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss")
@@ -217,6 +247,15 @@ class ResultStore:
     def read_json(self, path: str) -> Any:
         return json.loads(self.read_bytes(path))
 
+    def read_meta(self) -> dict | None:
+        """study.json (None for a `vaestudy train` study), its format checked."""
+        path = self.path("study.json")
+        if not self.exists(path):
+            return None
+        meta = self.read_json(path)
+        meta["format_version"] = check_format(meta.get("format_version", 1), self.uri("study.json"))
+        return meta
+
     def check_writable(self) -> None:
         """Fail before any trial starts when the storage cannot take a file."""
         probe = self.path(".write-probe-" + uuid.uuid4().hex[:8])
@@ -234,6 +273,8 @@ class ResultStore:
                 self._write_table(table, trial_id, t, first, last)
 
     def _write_table(self, table: str, trial_id: str, t: pa.Table, first: int, last: int):
+        t = t.replace_schema_metadata({**(t.schema.metadata or {}),
+                                       FORMAT_KEY: str(FORMAT_VERSION).encode()})
         buf = io.BytesIO()
         pq.write_table(t, buf, compression="zstd")
         self.write_bytes(self.path(table, trial_id, f"part-{first:06d}-{last:06d}.parquet"),
@@ -271,7 +312,12 @@ class ResultStore:
         return self._read(parts) if parts else None
 
     def _read(self, parts: list[tuple[int, int, str]]) -> pa.Table:
-        return pa.concat_tables([pq.read_table(self.fs.open_input_file(p)) for *_, p in parts])
+        return pa.concat_tables([self._read_file(p) for *_, p in parts], promote_options="default")
+
+    def _read_file(self, path: str) -> pa.Table:
+        t = pq.read_table(self.fs.open_input_file(path))
+        check_format((t.schema.metadata or {}).get(FORMAT_KEY, 1), path)
+        return t.replace_schema_metadata(None)
 
     def finish(self, trial_id: str, state: str, error: str | None = None, **extra) -> None:
         """Merge the trial's segments, stamp its last row with `state`, record the state."""
