@@ -10,7 +10,8 @@ Synthetic studies are written through the real result store by bench/synthetic.p
 last epoch, as a finished driver leaves them (status files, status table, per-trial
 files). Each figure is the median of --reps runs; the CLI figures include Python's
 start-up, as a user sees them. S3 is a moto server on loopback; its request log gives
-the request counts.
+the request counts. Today's code is main before this issue (BASE), extracted with
+`git archive`, reading the same studies before they are compacted.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BASE = "3892da3"                      # the code this issue started from ("today's")
+BASE = "7996e26"                      # main before this issue's work ("today's code")
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 TABLES_SNIPPET = """
@@ -50,7 +51,7 @@ from trainables.store import ResultStore
 st = ResultStore(sys.argv[1], sys.argv[2])
 meta = st.read_json(st.path("study.json"))
 t = time.perf_counter()
-rows, todo = runner.plan(st, trial_configs(parse(meta["spec"])))
+rows, todo = runner.plan(st, runner.recorded(meta, trial_configs(parse(meta["spec"]))))
 StatusTracker(st, rows, todo, {"started": time.time()}).write(final=False)
 status_text(st)
 print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -79,6 +80,10 @@ def base_tree(tmp: Path) -> Path:
     out.mkdir()
     tar = subprocess.run(["git", "-C", str(ROOT), "archive", BASE], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(out)], input=tar.stdout, check=True)
+    # Format 3 adds files (compact, status table) to format 2's per-trial layout, which is
+    # unchanged: today's code reads a format-3 study before compaction once told it may.
+    store = out / "trainables" / "store.py"
+    store.write_text(store.read_text().replace("FORMAT_VERSION = 2", "FORMAT_VERSION = 3"))
     return out
 
 
@@ -157,7 +162,7 @@ def generate(root: str, raw: dict, epochs: int, H: int, codes: int, every: int,
              workers: int = 2) -> tuple[float, int]:
     """Write the study; returns (seconds, trials)."""
     from study.spec import parse, trial_configs
-    from trainables.store import ResultStore
+    from trainables.store import FORMAT_VERSION, ResultStore
 
     spec = parse(raw)
     configs = trial_configs(spec)
@@ -171,8 +176,10 @@ def generate(root: str, raw: dict, epochs: int, H: int, codes: int, every: int,
     store = ResultStore(root, raw["name"])
     started = time.time() - 3600
     store.write_json(store.path("study.json"), {
-        "name": spec.name, "spec": raw, "spec_json": spec.to_json(), "size": spec.size_line(),
-        "trials": [i[1] for i in items], "started": started, "finished": time.time()})
+        "name": spec.name, "format_version": FORMAT_VERSION, "spec": raw,
+        "spec_json": spec.to_json(), "size": spec.size_line(),
+        "trials": [{"id": i[1], "config": i[2]} for i in items], "started": started,
+        "finished": time.time()})
     for r in rows:
         r.update(started=started, updated=time.time())
     store.write_status_table(rows, final=True, started=started, cpu=1.0, gpu=0.0)
@@ -202,12 +209,13 @@ def study_section(tab: Table, label: str, root: str, name: str, base: Path | Non
     st = ResultStore(root, name)
     table = st.read_bytes(st.path("status.parquet"))
     st.delete(st.path("status.parquet"))
-    files, req_files = count(lambda: status(ROOT))
+    files, req_files = count(lambda: median(lambda: status(ROOT), a.reps)[0])
     st.write_bytes(st.path("status.parquet"), table)
     tab.add(f"{label}: status, no table (files)", n, None, files,
             note=f"requests {req_files}" if req_files is not None else "parallel status reads")
-    configs = trial_configs(parse(st.read_json(st.path("study.json"))["spec"]))
-    plan_t, (_, (_, todo)) = median(lambda: _timed(lambda: runner.plan(st, configs)), a.reps)
+    meta = st.read_meta()
+    trials = runner.recorded(meta, trial_configs(parse(meta["spec"])))
+    plan_t, (_, (_, todo)) = median(lambda: _timed(lambda: runner.plan(st, trials)), a.reps)
     tab.add(f"{label}: resume plan (table)", n, None, plan_t, note=f"{len(todo)} to run")
     drv = snippet(ROOT, DRIVER_SNIPPET, root, name, env=env_for(ROOT, env))
     tab.add(f"{label}: driver peak RSS (plan+table+status)", n, None, drv[1], unit="MB",

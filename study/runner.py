@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from study.inputs import UsageError
 from study.spec import StudySpec, _is_grid, trial_configs
 from study.status import count_states
-from study.tracker import StatusTracker, config_row
+from study.tracker import StatusTracker, as_callback, config_row
 from trainables.config import ConfigError, TrialConfig
 from trainables.store import (FINISHED, FORMAT_VERSION, ResultStore, StoreError, code_version,
                               recorded_trials)
@@ -180,13 +180,14 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
             log(f"plan: {len(ids) - len(todo)} trials finished before, {len(todo)} to run")
             if todo:
                 start_ray(address, log)
-                errors = fit(spec, store, {"trial": _grid(todo)}, callbacks=[tracker],
-                             configs=todo, names=_names(spec, todo))
+                errors = fit(spec, store, {"trial": _grid(todo)}, configs=todo,
+                             callbacks=[as_callback(tracker)], names=_names(spec, todo))
         else:
             from study import optuna_run
 
             start_ray(address, log)
-            ids, errors = optuna_run.fit_search(spec, scfg, store, log, callbacks=[tracker])
+            ids, errors = optuna_run.fit_search(spec, scfg, store, log,
+                                                callbacks=[as_callback(tracker)])
         record_failures(store, tracker, errors)
         tracker.write(final=True)
         write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import time
 
-from ray.tune import Callback
-
 from trainables.store import FINISHED, STATUS_SCHEMA, ResultStore, status_row
 
 WRITE_EVERY_S = 5.0
@@ -38,7 +36,9 @@ def config_row(trial_id: str, cfg: dict) -> dict:
             "seed": train.get("seed"), "latent_dim": cfg.get("model", {}).get("latent_dim")}
 
 
-class StatusTracker(Callback):
+class StatusTracker:
+    """Tune's callback hooks (see `as_callback`) around the table's rows."""
+
     def __init__(self, store: ResultStore, rows: dict[str, dict], configs: dict[str, dict],
                  meta: dict):
         """rows: the plan's view of every trial so far; configs: id -> config of trials to run."""
@@ -104,3 +104,12 @@ class StatusTracker(Callback):
             row = self.rows.setdefault(tid, config_row(tid, self.configs.get(tid, {})))
             if row.get("state") not in FINISHED + ("stopped",):
                 row.update(state="failed", error=error)
+
+
+def as_callback(tracker: StatusTracker):
+    """The tracker as a Tune `Callback`; ray.tune is imported only when Tune runs, so a
+    resume with nothing to run stays a few seconds."""
+    from ray.tune import Callback
+
+    tracker.__class__ = type("StatusCallback", (StatusTracker, Callback), {})
+    return tracker
