@@ -80,6 +80,8 @@ TINY = ["--preset", "quickstart", "--set", "seeds=[0, 1, 2, 3]", "--set", "noise
         "--set", "dataset.n=600", "--set", "model.latent_dim=3", "--set", "train.epochs=1",
         "--set", "eval.every=1", "--set", "eval.traversals=false", "--set", "max_concurrent=4",
         "--set", "resources.gpu=0",     # the local provider cannot tell; no GPU here
+        "--set", "resources.cpu=2",     # a host's 2 CPUs hold one trial: the second must go
+                                        # to the other host (else a fast head takes all 4)
         "--set", f"storage={STORAGE}", "--no-report"]
 
 
