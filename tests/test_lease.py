@@ -131,6 +131,11 @@ def test_the_heartbeat_keeps_the_lease_fresh_past_its_ttl(tmp_path):
 
 
 def test_a_driver_whose_lease_was_taken_over_stops(tmp_path):
+    import signal
+
+    # Python's own SIGINT handler: a Tune run earlier in this process leaves Tune's installed,
+    # which swallows the signal instead of raising KeyboardInterrupt outside a Tune run.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     said = []
     lease = Lease(ResultStore(str(tmp_path), "s"), ttl=0.4, log=said.append)
     lease.acquire()
@@ -141,5 +146,6 @@ def test_a_driver_whose_lease_was_taken_over_stops(tmp_path):
             time.sleep(5)
     finally:
         lease.release()
+        signal.signal(signal.SIGINT, before)
     assert said and said[0].startswith("lease lost: driver pid 7 on other-host took over")
     assert "driver-000002.json" in lease.files.names()       # the new holder's stays
