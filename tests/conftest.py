@@ -43,3 +43,15 @@ def tiny(**over):
             "eval.traversals": False, "checkpoint.every": 1, "train.device": "cpu"}
     base.update(over)
     return base
+
+
+class Interrupt(Exception):
+    """Raised from a trial's report callback to stop it as a killed process would."""
+
+
+def stop_at(epoch: int):
+    """A report callback that interrupts the trial when it reports `epoch`."""
+    def report(m):
+        if m["epoch"] == epoch:
+            raise Interrupt
+    return report

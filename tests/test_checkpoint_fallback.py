@@ -7,21 +7,10 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import Interrupt, stop_at, tiny
 from trainables.config import TrialConfig
 from trainables.store import ResultStore
 from trainables.train import run_trial
-
-
-class Crash(Exception):
-    pass
-
-
-def _crash_at(epoch):
-    def report(m):
-        if m["epoch"] == epoch:
-            raise Crash
-    return report
 
 
 def _bad_bytes(kind: str, good: bytes) -> bytes:
@@ -36,8 +25,8 @@ def _bad_bytes(kind: str, good: bytes) -> bytes:
 def test_resume_skips_an_unloadable_checkpoint_for_the_one_before(tmp_path, capsys, kind):
     cfg = TrialConfig.from_dict(tiny(**{"train.epochs": 4, "checkpoint.keep": 5}))
     store = ResultStore(str(tmp_path), "ck")
-    with pytest.raises(Crash):
-        run_trial(cfg, store, report=_crash_at(3))
+    with pytest.raises(Interrupt):
+        run_trial(cfg, store, report=stop_at(3))
     (e3, path), = [c for c in store.checkpoints(cfg.trial_id()) if c[0] == 3]
     store.write_bytes(path, _bad_bytes(kind, store.read_bytes(path)))
     capsys.readouterr()

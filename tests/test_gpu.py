@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import GPU_DRY_RUN, tiny
+from conftest import GPU_DRY_RUN, Interrupt, stop_at, tiny
 from trainables import data as datasets
 from trainables.config import TrialConfig
 from trainables.pack_run import run_pack
@@ -54,17 +54,6 @@ def test_a_packed_gpu_step_matches_the_unpacked_gpu_trials(tmp_path):
             assert b[k] == pytest.approx(a[k], rel=1e-2, abs=1e-6), k
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _stop_at(epoch):
-    def report(m):
-        if m["epoch"] == epoch:
-            raise Interrupt
-    return report
-
-
 @pytest.mark.parametrize("first,then", [("cpu", CUDA), (CUDA, "cpu")])
 def test_a_trial_resumes_across_cpu_and_gpu(tmp_path, first, then):
     """The same trial (a node with a GPU, then one without, or back) continues from its
@@ -72,7 +61,7 @@ def test_a_trial_resumes_across_cpu_and_gpu(tmp_path, first, then):
     store = ResultStore(str(tmp_path), "s")
     a, b = _cfg(**{"train.device": first}), _cfg(**{"train.device": then})
     with pytest.raises(Interrupt):
-        run_trial(a, store, report=_stop_at(2), trial_id="tx", **QUIET)
+        run_trial(a, store, report=stop_at(2), trial_id="tx", **QUIET)
     run_trial(b, store, trial_id="tx", **QUIET)
     assert store.status("tx")["state"] == "completed"
     assert _epochs(store, "tx") == [1, 2, 3, 4]
@@ -84,7 +73,7 @@ def test_a_pack_on_the_gpu_resumes_members_checkpointed_on_the_cpu(tmp_path):
     ids = ["ta", "tb"]
     for c, tid, stop in zip(cpu, ids, (1, 3)):
         with pytest.raises(Interrupt):
-            run_trial(c, store, report=_stop_at(stop), trial_id=tid, **QUIET)
+            run_trial(c, store, report=stop_at(stop), trial_id=tid, **QUIET)
     run_pack([_cfg(**{"train.seed": s}) for s in (0, 1)], store, trial_ids=ids, **QUIET)
     for tid in ids:
         assert store.status(tid)["state"] == "completed"

@@ -3,7 +3,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import Interrupt, stop_at, tiny
 from trainables import data as datasets
 from trainables.config import TrialConfig
 from trainables.pack_run import pack_id, run_pack, shared_key
@@ -103,17 +103,6 @@ def test_a_diverging_member_ends_diverged_and_the_others_go_on(tmp_path):
         _assert_same(alone, packed, c.trial_id(), rel=1e-3)
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _stop_at(epoch):
-    def report(m):
-        if m["epoch"] == epoch:
-            raise Interrupt
-    return report
-
-
 @pytest.mark.slow
 def test_resume_rebuilds_a_pack_from_members_at_different_epochs(tmp_path, float64):
     """One member stopped after epoch 3, one after 1, one finished: the pack resumes the two
@@ -128,7 +117,7 @@ def test_resume_rebuilds_a_pack_from_members_at_different_epochs(tmp_path, float
             run_trial(c, store, **QUIET)
         else:
             with pytest.raises(Interrupt):
-                run_trial(c, store, report=_stop_at(stop), **QUIET)
+                run_trial(c, store, report=stop_at(stop), **QUIET)
     done = cfgs[2].trial_id()
     before = store.status(done)
     run_pack(cfgs, store, **QUIET)
