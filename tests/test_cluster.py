@@ -99,13 +99,13 @@ def cluster(tmp_path):
         c.stop()
 
 
-def _spec(path: Path, name: str, epochs: int, n: int = 600) -> Path:
+def _spec(path: Path, name: str, epochs: int, n: int = 600, delay: float = 0) -> Path:
     path.write_text(f"""
 name: {name}
 seeds: [0, 1, 2, 3]
 dataset: {{name: intrinsic, n: {n}, factors: 2}}
 model: {{latent_dim: 3}}
-train: {{epochs: {epochs}}}
+train: {{epochs: {epochs}, fault_epoch_delay: {delay}}}
 eval: {{every: 1, traversals: false}}
 checkpoint: {{every: 2}}
 failure: {{max_retries: 2}}
@@ -159,8 +159,8 @@ def test_a_study_on_two_nodes_uses_both(cluster, tmp_path):
 def test_a_killed_worker_node_costs_no_result(cluster, tmp_path):
     root = tmp_path / "shared"
     store = ResultStore(str(root), "lost")
-    d = Driver(cluster, tmp_path, "run", str(_spec(tmp_path / "s.yaml", "lost", 8, n=2500)),
-               "--out", str(root))
+    spec = _spec(tmp_path / "s.yaml", "lost", 8, n=2500, delay=0.5)   # 3 s left at a kill
+    d = Driver(cluster, tmp_path, "run", str(spec), "--out", str(root))
     deadline, victim = time.time() + 300, None
     while time.time() < deadline and victim is None and d.p.poll() is None:
         for st in store.all_status() if store.exists(store.path("status")) else []:

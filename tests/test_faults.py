@@ -15,7 +15,7 @@ name: {name}
 seeds: [0, 1]
 dataset: {{name: intrinsic, n: {n}, factors: 2}}
 model: {{latent_dim: 3}}
-train: {{epochs: {epochs}}}
+train: {{epochs: {epochs}, fault_epoch_delay: {delay}}}
 eval: {{every: 1, traversals: false}}
 checkpoint: {{every: 2}}
 resources: {{cpu: 1}}
@@ -46,7 +46,7 @@ def test_two_studies_in_one_root_at_once_do_not_disturb_each_other(tmp_path):
     procs = []
     for name in ("left", "right"):
         spec = tmp_path / f"{name}.yaml"
-        spec.write_text(SPEC.format(name=name, n=400, epochs=3))
+        spec.write_text(SPEC.format(name=name, n=400, epochs=3, delay=0))
         procs.append(_cli("run", str(spec), "--out", str(root),
                           log=open(tmp_path / f"{name}.log", "w")))
     for p in procs:
@@ -63,7 +63,7 @@ def test_two_studies_in_one_root_at_once_do_not_disturb_each_other(tmp_path):
 def test_a_second_driver_on_a_running_study_is_refused(tmp_path):
     root = tmp_path / "res"
     spec = tmp_path / "s.yaml"
-    spec.write_text(SPEC.format(name="busy", n=2000, epochs=6))
+    spec.write_text(SPEC.format(name="busy", n=2000, epochs=6, delay=1.0))
     first = _cli("run", str(spec), "--out", str(root), log=open(tmp_path / "first.log", "w"))
     try:
         lock = root / "busy" / "lease"

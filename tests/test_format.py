@@ -45,7 +45,8 @@ def test_trial_ids_are_pinned(expected):
 def test_values_equal_to_their_defaults_do_not_enter_the_id():
     plain = TrialConfig.from_dict({"noise.beta": 2})
     explicit = TrialConfig.from_dict({"noise.beta": 2.0, "noise.k": 2, "train.lr": 0.001,
-                                      "dataset.split": [0.6, 0.2, 0.2], "train.threads": 3})
+                                      "dataset.split": [0.6, 0.2, 0.2], "train.threads": 3,
+                                      "train.fault_epoch_delay": 0.5})
     assert explicit.canonical() == plain.canonical() == {"noise": {"beta": 2.0}}
     assert explicit.trial_id() == plain.trial_id()
     assert TrialConfig.from_dict({"noise.beta": 3}).trial_id() != plain.trial_id()

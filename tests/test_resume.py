@@ -17,7 +17,7 @@ seeds: [0, 1]
 dataset: {name: intrinsic, n: 800, factors: 2}
 model: {latent_dim: 4}
 noise: {sigma2: [0.01, 0.1]}
-train: {epochs: 8}
+train: {epochs: 8, fault_epoch_delay: 1.0}   # a kill after the epoch-4 checkpoint leaves 4 s
 eval: {every: 1, traversals: false}
 checkpoint: {every: 2}
 max_concurrent: 2

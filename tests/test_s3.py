@@ -17,7 +17,8 @@ from support.procs import S3_ENV, Procs, S3, cli, free_port, procs, s3, s3_serve
 from trainables.store import ResultStore, StoreError
 
 SPEC = {"name": "grid", "seeds": [0, 1], "dataset": {"name": "intrinsic", "n": 600, "factors": 2},
-        "model": {"latent_dim": 3}, "noise": {"sigma2": [0.01, 0.1]}, "train": {"epochs": 6},
+        "model": {"latent_dim": 3}, "noise": {"sigma2": [0.01, 0.1]},
+        "train": {"epochs": 6, "fault_epoch_delay": 1.0},      # killed with 4 s of epochs left
         "eval": {"every": 1, "traversals": False}, "checkpoint": {"every": 2},
         "resources": {"cpu": 1}, "max_concurrent": 2}
 
@@ -55,7 +56,7 @@ def test_grid_on_s3_killed_resumed_then_status_and_report(s3, procs):
     study = uri.replace("/res?", "/res/grid?")
     driver = procs.start(cli("run", str(_spec(procs, SPEC, uri)), "--no-report"), "run",
                          env=s3.env())
-    _wait_for(s3, bucket, "epoch-000004.pt", driver)
+    _wait_for(s3, bucket, "epoch-000002.pt", driver)
     driver.send_signal(signal.SIGKILL)            # the driver alone, as a crash would
     driver.wait()
     procs.kill(driver)                            # and what Ray left of its session

@@ -20,7 +20,7 @@ SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EVAL_METRICS = ("mig", "sap", "modularity")   # analysis.metrics.SEARCHABLE: cheap per evaluation
-RUNTIME_KEYS = {"train": ("threads",)}   # how a trial runs, not what it computes
+RUNTIME_KEYS = {"train": ("threads", "fault_epoch_delay")}   # how a trial runs, not what it computes
 # The keys results format 1 hashed into a trial id (all of them, defaults included);
 # frozen, so that studies written then still map their spec to their recorded ids.
 FORMAT1_KEYS = {
@@ -117,6 +117,8 @@ class TrainConfig:
     precision: str = "fp32"           # fp32, or bf16 autocast of the networks' step (GPU)
     compile: bool = False             # torch.compile the VAE's forward pass
     fault_oom_epoch: int | None = None  # fault injection: CUDA out of memory in this epoch
+    fault_epoch_delay: float = 0.0    # fault injection: seconds of sleep after each epoch,
+                                      # as a slow node would (tests kill a trial mid-run)
 
     def check(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -128,6 +130,9 @@ class TrainConfig:
         _positive("train.fault_nan_epoch", self.fault_nan_epoch, allow_none=True)
         _one_of("train.precision", self.precision, PRECISIONS)
         _positive("train.fault_oom_epoch", self.fault_oom_epoch, allow_none=True)
+        if not 0 <= self.fault_epoch_delay <= 60:
+            raise ConfigError("train.fault_epoch_delay",
+                              f"got {self.fault_epoch_delay}; allowed: seconds from 0 to 60")
 
 
 @dataclass(frozen=True)

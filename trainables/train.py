@@ -319,6 +319,8 @@ def _timed_epoch(run: Run, train_x: torch.Tensor) -> float:
     loss = train_epoch(run, train_x)
     run.epoch += 1
     run.wall += time.perf_counter() - t0
+    if run.cfg.train.fault_epoch_delay:                 # outside the recorded training time
+        time.sleep(run.cfg.train.fault_epoch_delay)
     return loss
 
 
