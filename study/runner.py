@@ -2,16 +2,21 @@
 
 A study is the list of its trials (id and config), fixed before anything starts
 and recorded in study.json. That record is authoritative: running the study again
-(`vaestudy resume`, or `vaestudy run` with the same spec) hands Tune the recorded
-ids, never recomputed ones, so a study written by an earlier version resumes as
-written. Finished trials return at once, unfinished ones continue from their
-latest checkpoint on storage.
+(`vaestudy resume`, or `vaestudy run` with the same spec) uses the recorded ids,
+never recomputed ones, so a study written by an earlier version resumes as
+written. The driver plans the run: trials that finished (completed or diverged)
+never reach Tune, the others continue from their latest checkpoint on storage.
+Tune's search space holds only trial ids; the id -> config map goes to the
+trials once through Ray's object store (`tune.with_parameters`). A status
+tracker (study/tracker.py) keeps the study's status table while Tune runs, and
+the finished trials are compacted when the driver ends.
 """
 from __future__ import annotations
 
 import json
 import os
 from contextlib import contextmanager
+from importlib.metadata import version
 import socket
 import time
 from dataclasses import dataclass
@@ -19,8 +24,10 @@ from dataclasses import dataclass
 from study.inputs import UsageError
 from study.spec import StudySpec, _is_grid, trial_configs
 from study.status import count_states
+from study.tracker import StatusTracker, as_callback, config_row
 from trainables.config import ConfigError, TrialConfig
-from trainables.store import FORMAT_VERSION, ResultStore, StoreError, code_version, recorded_trials
+from trainables.store import (FINISHED, FORMAT_VERSION, ResultStore, StoreError, code_version,
+                              recorded_trials)
 
 
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"   # "0": a node's address stays 127.0.0.1
@@ -103,7 +110,7 @@ def check_data(configs: list[TrialConfig]) -> None:
             continue
         seen.add(key)
         try:
-            datasets.load(cfg.dataset)
+            datasets.check(cfg.dataset)
         except datasets.DataError as e:
             raise UsageError(f"dataset.path: {e}") from None
 
@@ -112,14 +119,11 @@ def write_meta(store: ResultStore, spec: StudySpec, trials: list[dict] | None, *
     """study.json in the current format; `trials` as [{"id", "config"}] (None: keep them)."""
     path = store.path("study.json")
     old = store.read_json(path) if store.exists(path) else {}
-    import ray
-    import torch
-
     meta = {**old, "name": spec.name, "format_version": FORMAT_VERSION, "spec": spec.raw,
             "spec_json": spec.to_json(), "size": spec.size_line(),
             "trials": trials or recorded_trials(old),
-            "versions": {"vaestudy": code_version(), "ray": ray.__version__,
-                         "torch": torch.__version__},
+            "versions": {"vaestudy": code_version(), "ray": version("ray"),
+                         "torch": version("torch")},     # without importing them: seconds
             "started": old.get("started", time.time()), **extra}
     store.write_json(path, meta)
 
@@ -167,20 +171,65 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
     with driver_lock(store):
         write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
                    driver_host=socket.gethostname())
-        start_ray(address, log)
+        rows, todo = plan(store, trials) if scfg is None else (store.trial_states()[0], {})
+        tracker = StatusTracker(store, rows, todo, {"started": t0, "cpu": spec.cpu,
+                                                    "gpu": spec.gpu or 0.0})
+        tracker.write(final=False)
+        errors: dict[str, str] = {}
         if scfg is None:
-            errors = fit(spec, store, _grid_space(trials))
+            log(f"plan: {len(ids) - len(todo)} trials finished before, {len(todo)} to run")
+            if todo:
+                start_ray(address, log)
+                errors = fit(spec, store, {"trial": _grid(todo)}, configs=todo,
+                             callbacks=[as_callback(tracker)], names=_names(spec, todo))
         else:
             from study import optuna_run
 
-            ids, errors = optuna_run.fit_search(spec, scfg, store, log)
+            start_ray(address, log)
+            ids, errors = optuna_run.fit_search(spec, scfg, store, log,
+                                                callbacks=[as_callback(tracker)])
+        record_failures(store, tracker, errors)
+        tracker.write(final=True)
+        write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],
+                   finished=time.time())
+        if todo or scfg is not None:             # a finished study's resume writes no row
+            compact_finished(store, log)
+    return Outcome(store, count_states(tracker.rows, ids), time.time() - t0)
+
+
+def plan(store: ResultStore, trials: list[tuple[str, TrialConfig]]) -> tuple[dict[str, dict], dict]:
+    """(a status row per trial, {id: config} of those to run): finished trials stay out.
+
+    One read of the status table when it is current, else the trials' status files in
+    parallel; a finished state is final, so the table's word is enough for it."""
+    known, _ = store.trial_states([tid for tid, _ in trials])
+    rows = {}
+    for tid, cfg in trials:
+        rows[tid] = config_row(tid, cfg.to_dict())
+        rows[tid].update({k: v for k, v in known.get(tid, {}).items() if v is not None})
+    todo = {tid: cfg.to_dict() for tid, cfg in trials if rows[tid]["state"] not in FINISHED}
+    return rows, todo
+
+
+def record_failures(store: ResultStore, tracker: StatusTracker, errors: dict[str, str]) -> None:
+    """Trials Tune gave up on are failed, unless their status file says they ended."""
     for trial_id, error in errors.items():
         st = store.status(trial_id)
         if not st or st["state"] not in ("completed", "diverged", "stopped"):
             store.set_status(trial_id, "failed", error=error)
-    write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],
-               finished=time.time())
-    return Outcome(store, count_states(store, ids), time.time() - t0)
+    tracker.record_errors(errors)
+
+
+def compact_finished(store: ResultStore, log=print) -> None:
+    """Merge the finished trials' files into one file per table (trainables/compact.py)."""
+    from trainables.compact import compact
+
+    n = compact(store, grace_s=COMPACT_GRACE_S)
+    if n:
+        log(f"compacted {n} finished trials into one file per table")
+
+
+COMPACT_GRACE_S = 2.0     # readers that listed the old files have this long to open them
 
 
 @contextmanager
@@ -209,23 +258,42 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _grid_space(trials: list[tuple[str, TrialConfig]]) -> dict:
+def _grid(todo: dict[str, dict]):
     from ray import tune
 
-    return {"trial": tune.grid_search([{"id": tid, "config": c.to_dict()} for tid, c in trials])}
+    return tune.grid_search(list(todo))
+
+
+def _names(spec: StudySpec, todo: dict[str, dict]) -> dict[str, str]:
+    """Trial names for Tune's table: the id and the values of the spec's grid axes."""
+    axes = spec.axes()
+    out = {}
+    for tid, cfg in todo.items():
+        flat = TrialConfig.from_dict(cfg).flat()
+        vals = ",".join(f"{k.split('.')[-1]}={flat[k]}" for k in axes if k in flat)
+        out[tid] = f"{tid}({vals})" if vals else tid
+    return out
 
 
 def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, scheduler=None,
-        num_samples: int = 1) -> dict[str, str]:
-    """Run trials through Tune; returns {trial_id: error} of trials that failed for good."""
+        num_samples: int = 1, callbacks=None, configs: dict | None = None,
+        names: dict | None = None) -> dict[str, str]:
+    """Run trials through Tune; returns {trial_id: error} of trials that failed for good.
+
+    `configs` (id -> config) reaches the trials through Ray's object store when the
+    space holds trial ids (a grid); a searcher puts whole configs in its suggestions."""
     import ray
     from ray import tune
+
+    from study.tracker import trial_key
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # the concise table, not per-result boxes
     gpu = spec.gpu
     if gpu is None:                               # share a card between small models
         gpu = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": gpu})
+    fn = tune.with_parameters(_trainable(), configs=configs) if configs else _trainable()
+    trainable = tune.with_resources(fn, {"cpu": spec.cpu, "gpu": gpu})
+    names = names or {}
     if search_alg is None:                        # a searcher puts the context in its configs
         space = {**space, "study": study_context(spec, store)}
     tuner = tune.Tuner(
@@ -233,17 +301,18 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
                                     search_alg=search_alg, scheduler=scheduler,
                                     num_samples=num_samples,
-                                    trial_name_creator=lambda t: t.config["trial"]["id"],
-                                    trial_dirname_creator=lambda t: t.config["trial"]["id"]),
+                                    trial_name_creator=lambda t: names.get(
+                                        trial_key(t.config), trial_key(t.config)),
+                                    trial_dirname_creator=lambda t: trial_key(t.config)),
         run_config=tune.RunConfig(
-            name="_tune", storage_path=store.uri(), verbose=1,
+            name="_tune", storage_path=store.uri(), verbose=1, callbacks=callbacks,
             progress_reporter=reporter(spec),
             failure_config=tune.FailureConfig(max_failures=spec.max_retries)))
     grid = tuner.fit()
     errors = {}
     for r in grid:
         if r.error is not None and r.config and "trial" in r.config:
-            errors[r.config["trial"]["id"]] = f"{type(r.error).__name__}: {r.error}"[-2000:]
+            errors[trial_key(r.config)] = f"{type(r.error).__name__}: {r.error}"[-2000:]
     return errors
 
 
@@ -255,12 +324,14 @@ def study_context(spec: StudySpec, store: ResultStore) -> dict:
 
 
 def reporter(spec: StudySpec):
-    """Tune's trial table with the study's grid axes and a few indicators, every 30 s."""
+    """Tune's trial table with the study's axes and a few indicators, every 30 s."""
     from ray.tune import CLIReporter
 
-    keys = spec.axes() if spec.search is None else [
-        k for k, v in spec.trial.items() if isinstance(v, dict) or _is_grid(k, v)] + ["train.seed"]
-    params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1] for k in keys}
+    params = None                       # a grid: the trial names carry the axes' values
+    if spec.search is not None:
+        keys = [k for k, v in spec.trial.items() if isinstance(v, dict) or _is_grid(k, v)]
+        params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1]
+                  for k in keys + ["train.seed"]}
     return CLIReporter(
         parameter_columns=params, max_report_frequency=30, max_progress_rows=40,
         metric_columns={"epoch": "epoch", "evlb": "evlb", "recon_mse": "mse", "mi_xz": "mi_xz",

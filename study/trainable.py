@@ -23,8 +23,13 @@ from trainables.store import ResultStore
 from trainables.train import run_trial
 
 
-def trainable(config: dict) -> None:
-    cfg = TrialConfig.from_dict(config["trial"]["config"])
+def trainable(config: dict, configs: dict | None = None) -> None:
+    """config["trial"]: a trial id whose config is in `configs` (a grid), or {"id", "config"}
+    (a searcher's suggestion)."""
+    trial = config["trial"]
+    trial_id, raw = (trial, configs[trial]) if isinstance(trial, str) else \
+        (trial["id"], trial["config"])
+    cfg = TrialConfig.from_dict(raw)
     threads = cfg.train.threads or max(1, int(config["study"]["cpu"]))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     path = cfg.dataset.path
@@ -33,4 +38,4 @@ def trainable(config: dict) -> None:
         cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=path))
     store = ResultStore(config["study"]["root"], config["study"]["name"])
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
-    run_trial(cfg, store, report=tune.report, trial_id=config["trial"]["id"], node=node)
+    run_trial(cfg, store, report=tune.report, trial_id=trial_id, node=node)

@@ -18,7 +18,8 @@ DATASETS = ("mnist", "intrinsic", "npz", "image_folder")
 ARCHS = ("auto", "conv2", "conv4", "mnist", "celeba", "yaleb")
 SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
-RUNTIME_KEYS = {"train": ("threads",)}   # how a trial runs, not what it computes
+RUNTIME_KEYS = {"train": ("threads",),    # how a trial runs, not what it computes
+                "checkpoint": ("final",)}   # what a completed trial keeps: the same trial
 # The keys results format 1 hashed into a trial id (all of them, defaults included);
 # frozen, so that studies written then still map their spec to their recorded ids.
 FORMAT1_KEYS = {
@@ -147,11 +148,18 @@ class EvalConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 5                    # epochs between checkpoints (and results flushes)
-    keep: int = 2                     # checkpoints kept per trial besides the final one
+    keep: int = 2                     # checkpoints kept while the trial runs
+    final: str = "weights"            # after it completes: weights | full | none
 
     def check(self) -> None:
         _positive("checkpoint.every", self.every)
         _positive("checkpoint.keep", self.keep)
+        if self.final not in FINAL_CHECKPOINTS:
+            raise ConfigError("checkpoint.final", f"got {self.final!r}; allowed: "
+                              f"{', '.join(FINAL_CHECKPOINTS)}")
+
+
+FINAL_CHECKPOINTS = ("weights", "full", "none")   # what a completed trial keeps
 
 
 SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "noise": NoiseConfig,
