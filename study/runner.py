@@ -156,8 +156,8 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         if todo or scfg is not None:
             guards.write_probe(store)
         if todo:
-            errors = fit(spec, store, space, configs=todo, callbacks=[as_callback(tracker)],
-                         names=_names(spec, todo))
+            errors = fit(spec, store, space, configs=todo, names=_names(spec, todo),
+                         callbacks=[as_callback(tracker)])
         elif scfg is not None:
             from study import optuna_run
 

@@ -71,7 +71,8 @@ def throughput(rows: dict[str, dict], ids: list[str], info: dict, now: float) ->
     started = info.get("started")
     if not started:
         return []
-    done = [r for r in rows.values() if r.get("state") in FINISHED and (r.get("updated") or 0) >= started]
+    done = [r for r in rows.values()
+            if r.get("state") in FINISHED and (r.get("updated") or 0) >= started]
     live = any(r.get("state") == "running" for r in rows.values())
     end = now if live or not done else max(r["updated"] for r in done)
     hours = max(end - started, 1e-9) / 3600
@@ -96,7 +97,8 @@ def running_lines(rows: dict[str, dict], now: float) -> list[str]:
     out = ["  running (epoch/epochs, last report):"]
     for r in running:
         age = now - (r.get("updated") or now)
-        flag = "  STALE (no report for a while: a lost node or a hung trial?)" if age > limit else ""
+        flag = ("  STALE (no report for a while: a lost node or a hung trial?)"
+                if age > limit else "")
         out.append(f"    {r['trial_id']}  {r.get('epoch') or '?'}/{r.get('epochs') or '?'}  "
                    f"{_ago(age)}{flag}")
     return out

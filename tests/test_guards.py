@@ -173,7 +173,8 @@ def test_a_node_that_cannot_see_the_probe_fails_its_trial_at_once(tmp_path, ray_
     store.write_json(store.path(guards.PROBE), {"driver": "an-earlier-driver"})
     trials = [(c.trial_id(), c) for c in trial_configs(spec)]
     t0 = time.time()
-    errors = runner.fit(spec, store, runner._grid_space(spec, trials)[0])
+    todo = {tid: c.to_dict() for tid, c in trials}
+    errors = runner.fit(spec, store, runner._grid_space(spec, todo)[0], configs=todo)
     [(tid, line)] = errors.items()
     assert tid == trials[0][0] and line.count("\n") == 0
     assert line.startswith("storage: node ") and "cannot see the study storage " \

@@ -179,4 +179,4 @@ def _delete_merged(store: ResultStore, old_files: list[str], folders: list[str])
     for p in old_files:
         store.delete(p)
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda d: store.fs.delete_dir(d), folders))
+        list(pool.map(store.delete_dir, folders))

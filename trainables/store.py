@@ -335,6 +335,24 @@ class ResultStore:
         except FileNotFoundError:
             pass
 
+    def delete_dir(self, path: str) -> None:
+        """Remove a folder and everything under it; a missing one is fine. On S3 a listing
+        and one DeleteObjects request per 1,000 keys, and no directory marker is left (pyarrow's
+        delete_dir writes one for the parent once it is empty)."""
+        if not self.root.startswith("s3://"):
+            try:
+                self.fs.delete_dir(path)
+            except FileNotFoundError:
+                pass
+            return
+        bucket, prefix = path.rstrip("/").split("/", 1)
+        client = self._s3_client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                      Prefix=prefix + "/"):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
     def _s3_client(self):
         """boto3 for deletes, on the same server; credentials from the same default chain."""
         if getattr(self, "_boto", None) is None:
@@ -584,7 +602,8 @@ class ResultStore:
             return None
         return t.to_pylist(), json.loads((t.schema.metadata or {})[b"vaestudy"])
 
-    def trial_states(self, trial_ids: list[str] | None = None) -> tuple[dict[str, dict], dict | None]:
+    def trial_states(self, trial_ids: list[str] | None = None
+                     ) -> tuple[dict[str, dict], dict | None]:
         """({trial_id: status row}, the table's metadata or None when read from the files):
         the status table when it is current (one read),
         else every status file in parallel. Current: the driver wrote it when it ended
