@@ -1,11 +1,15 @@
 """Lazy loading of a study's results: each (trial_id, epoch) once, with its state.
 
 The result store (`trainables/store.py`) owns the layout and the schemas; this
-module only reads them. Every table is scanned with `pl.scan_parquet` over
-ROOT/STUDY/<table>/**/*.parquet and stays lazy until a table or figure is made.
-A crash between a segment write and its merge can leave the same rows in two
-files, so each loader dedupes on its key (for `trials` the row written last
-wins). A table with no file yet is an empty frame with the store's schema.
+module only reads them. A table is a lazy frame whose files are chosen when it
+is collected (`trainables.compact.table_files`: the latest compact file and the
+per-trial files of trials it does not hold), listed again if compaction removed
+one meanwhile, so a row is neither read twice nor missed while a study runs or
+is compacted. A crash between a segment write and its merge can leave the same
+rows in two files, so each loader dedupes on its key (for `trials` the row
+written last wins). A table with no file yet is an empty frame with the
+store's schema. Trial states come from the driver's status table when it is
+current, else from the status files (`ResultStore.trial_states`).
 """
 from __future__ import annotations
 
@@ -17,15 +21,19 @@ import time
 from functools import lru_cache
 
 import polars as pl
-import pyarrow.fs as pafs
+import pyarrow as pa
+import pyarrow.parquet as pq
+from polars.io.plugins import register_io_source
 
-from trainables.store import SCHEMAS, ResultStore
+from trainables.compact import table_files
+from trainables.store import FORMAT_KEY, SCHEMAS, ResultStore, check_format
 
 KEYS = {"trials": ["trial_id", "epoch"], "factors": ["trial_id", "epoch", "factor"],
         "codes": ["trial_id", "epoch", "point"]}
 # Keys that change how a trial runs but not what it learns: seeds of one configuration share
 # everything else.
-NOT_CONFIG = {"train": ("seed", "device", "threads"), "checkpoint": ("every", "keep"),
+NOT_CONFIG = {"train": ("seed", "device", "threads", "fault_epoch_delay"),
+              "checkpoint": ("every", "keep", "final"),
               "eval": ("traversals", "traversal_images", "codes_points")}
 USABLE = ("completed", "running")             # states whose last row is a result
 COUNTED = ("completed",)                      # what the aggregates count by default
@@ -45,20 +53,49 @@ def empty(table: str) -> pl.LazyFrame:
     return pl.from_arrow(SCHEMAS[table].empty_table()).lazy()
 
 
-def has_files(st: ResultStore, table: str) -> bool:
-    sel = pafs.FileSelector(st.path(table), recursive=True, allow_not_found=True)
-    return any(i.path.endswith(".parquet") for i in st.fs.get_file_info(sel))
+LIST_TRIES = 5                                # listings per collect, if files vanish
 
 
 def scan(root: str, study: str, table: str) -> pl.LazyFrame:
-    """All rows of one table as stored, duplicates included (lazy)."""
+    """All rows of one table as stored (lazy); files are listed when it is collected."""
     st = store(root, study)
-    if not has_files(st, table):
-        return empty(table)
-    schema = empty(table).collect_schema()           # older formats: missing columns are null
-    return pl.scan_parquet(st.glob(table), storage_options=st.storage_options,
-                           hive_partitioning=False, missing_columns="insert",
-                           extra_columns="ignore", schema=schema)
+    schema = pl.from_arrow(SCHEMAS[table].empty_table()).schema
+
+    def source(with_columns, predicate, n_rows, batch_size):
+        frame = pl.from_arrow(read_table(st, table, with_columns))
+        if predicate is not None:
+            frame = frame.filter(predicate)
+        yield frame if n_rows is None else frame.head(n_rows)
+
+    return register_io_source(source, schema=schema)
+
+
+def read_table(st: ResultStore, table: str, columns: list[str] | None = None) -> pa.Table:
+    """Every file of the table now, read in parallel; listed again if one vanished."""
+    names = columns or SCHEMAS[table].names
+    for attempt in range(LIST_TRIES):
+        try:
+            files = table_files(st, table)
+            parts = st.read_many(files, lambda p: read_file(st, p, table, names))
+            break
+        except FileNotFoundError:
+            if attempt == LIST_TRIES - 1:
+                raise
+    schema = pa.schema([SCHEMAS[table].field(n) for n in names])
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def read_file(st: ResultStore, path: str, table: str, names: list[str]) -> pa.Table:
+    """The columns `names` of one file in the store's types; ones it lacks as nulls."""
+    with st.fs.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        check_format((pf.schema_arrow.metadata or {}).get(FORMAT_KEY, 1), path)
+        have = [n for n in names if n in pf.schema_arrow.names]
+        t = pf.read(columns=have)
+    fields = [SCHEMAS[table].field(n) for n in names]
+    cols = [t.column(f.name).cast(f.type) if f.name in have else pa.nulls(t.num_rows, f.type)
+            for f in fields]
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
 
 
 def dedupe(frame: pl.LazyFrame, table: str) -> pl.LazyFrame:
@@ -148,15 +185,16 @@ def driver_alive(root: str, study: str) -> bool:
 
 
 def status_frame(root: str, study: str) -> pl.DataFrame:
-    """One row per trial with a status file: trial_id, state, error, stale.
+    """One row per trial with a status: trial_id, state, error, stale.
 
     `stale` marks a `running` trial that nothing runs: no live driver holds the study, or
     its status has not changed for STALE_AFTER_S (a driver that died on another host)."""
     alive, now = driver_alive(root, study), time.time()
-    rows = [{"trial_id": s.get("trial_id"), "state": s.get("state"), "error": s.get("error"),
+    states, _ = store(root, study).trial_states()
+    rows = [{"trial_id": t, "state": s.get("state"), "error": s.get("error"),
              "stale": s.get("state") == "running" and
-             (not alive or now - float(s.get("updated", now)) > STALE_AFTER_S)}
-            for s in store(root, study).all_status()]
+             (not alive or now - float(s.get("updated") or now) > STALE_AFTER_S)}
+            for t, s in states.items()]
     schema = {"trial_id": pl.String, "state": pl.String, "error": pl.String, "stale": pl.Boolean}
     return pl.DataFrame(rows, schema=schema)
 

@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     device = train.pick_device(a.device)
 
     data = datasets.load_mnist(DatasetConfig(name="mnist", path=a.data))
+    data.x = datasets.as_float(data.x)           # both loops get float images in [0, 1]
     x = data.x[:a.images].to(device)                                 # [N, 1, 28, 28]
     if x.shape[0] < a.images:                    # t10k has 10,000: tile for bigger runs
         x = x.repeat(math.ceil(a.images / x.shape[0]), 1, 1, 1)[:a.images]

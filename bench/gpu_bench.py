@@ -60,7 +60,7 @@ def config(i: int, device: str, precision: str = "fp32", compile: bool = False) 
 
 def images(device: torch.device, steps: int) -> torch.Tensor:
     """steps * B MNIST images on the device (the test set repeated as needed)."""
-    x = datasets.load(config(0, "cpu").dataset).x
+    x = datasets.as_float(datasets.load(config(0, "cpu").dataset).x)   # float [0, 1], as before
     reps = -(-steps * B // len(x))
     return x.repeat(reps, 1, 1, 1)[:steps * B].to(device)
 

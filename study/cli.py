@@ -3,6 +3,7 @@
     vaestudy run     [SPEC.yaml | --preset NAME] [--out DIR] [--set k=v ...] [--address ADDR]
     vaestudy resume  DIR/STUDY [--address ADDR]
     vaestudy status  DIR/STUDY
+    vaestudy compact DIR/STUDY
     vaestudy report  DIR/STUDY [DIR/STUDY ...] [--higgins fast|published|none] [--metrics mig,dci,sap,modularity] [...]
     vaestudy presets
     vaestudy train   --out DIR [--study NAME] [--config FILE] [--set k=v ...]   one trial, no Ray
@@ -163,6 +164,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from study.status import split_study_path
+    from trainables.compact import compact
+    from trainables.store import ResultStore
+
+    root, name = split_study_path(args.study)
+    store = ResultStore(root, check_name(name, "DIR/STUDY"))
+    if not store.exists(store.path("status")) and not store.exists(store.path("study.json")):
+        raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
+    n = compact(store, grace_s=args.grace)
+    print(f"compacted {n} newly finished trials; one file per table in {store.uri()}"
+          if n else f"nothing to compact in {store.uri()}: no finished trial outside the "
+          "compact files")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from study import presets
     from study.spec import parse
@@ -192,7 +209,8 @@ def parser() -> argparse.ArgumentParser:
     re_.add_argument("--no-report", action="store_true")
     re_.set_defaults(func=cmd_resume)
 
-    st = sub.add_parser("status", help="trial counts by state, failures, best trials so far")
+    st = sub.add_parser("status", help="counts by state, running trials, failures, throughput, "
+                        "ETA, best trials so far")
     st.add_argument("study", metavar="DIR/STUDY")
     st.set_defaults(func=cmd_status)
 
@@ -222,6 +240,12 @@ def parser() -> argparse.ArgumentParser:
                          "dci_gbt, sap, modularity, explicitness, factorvae, betavae, or none "
                          "(default: mig,dci,sap,modularity); see docs/analysis.md")
     rp.set_defaults(func=cmd_report)
+
+    co = sub.add_parser("compact", help="merge finished trials into one sorted file per table")
+    co.add_argument("study", metavar="DIR/STUDY")
+    co.add_argument("--grace", type=float, default=5.0, metavar="S",
+                    help="seconds readers that listed the old files get before they go [5]")
+    co.set_defaults(func=cmd_compact)
 
     pr = sub.add_parser("presets", help="list the built-in study presets")
     pr.set_defaults(func=cmd_presets)

@@ -8,7 +8,8 @@ from study.tuner import fit, study_context
 from trainables.store import ResultStore
 
 
-def fit_search(spec, scfg: SearchConfig, store: ResultStore, log=print) -> tuple[list[str], dict]:
+def fit_search(spec, scfg: SearchConfig, store: ResultStore, log=print,
+               callbacks=None) -> tuple[list[str], dict]:
     """Run the remaining budget; returns (every trial id of the search, {trial id: error})."""
     storage = optuna_storage.open_storage(scfg.storage, store)
     study = open_study(scfg, storage, spec.name)
@@ -19,7 +20,7 @@ def fit_search(spec, scfg: SearchConfig, store: ResultStore, log=print) -> tuple
     searcher = OptunaStudySearcher(scfg, study, store, study_context(spec, store), storage.sync)
     if remaining > 0:
         errors = fit(spec, store, {}, search_alg=searcher, scheduler=_scheduler(scfg, spec),
-                     num_samples=remaining)
+                     num_samples=remaining, callbacks=callbacks)
     reconcile(study, store)
     n = write_pareto(store, scfg)
     log(f"pareto front: {n} trials in {store.uri('analysis', 'pareto.parquet')}")

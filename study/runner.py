@@ -4,8 +4,12 @@ A study is the list of its trials (id and config), fixed before anything starts
 and recorded in study.json. That record is authoritative: running the study again
 (`vaestudy resume`, or `vaestudy run` with the same spec) hands Tune the recorded
 ids, never recomputed ones, so a study written by an earlier version resumes as
-written. Finished trials return at once, unfinished ones continue from their
-latest checkpoint on storage.
+written. The driver plans the run: trials that finished (completed or diverged)
+never reach Tune, the others continue from their latest checkpoint on storage.
+Tune's search space holds only trial ids (or packs of them); the id -> config map
+goes to the trials once through Ray's object store (`tune.with_parameters`). A
+status tracker (study/tracker.py) keeps the study's status table while Tune
+runs, and the finished trials are compacted when the driver ends.
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ from study.provenance import now_iso
 from study.tuner import fit, start_ray  # noqa: F401  (tests and benches call them here)
 from study.spec import StudySpec, trial_configs
 from study.status import count_states
+from study.tracker import StatusTracker, as_callback, config_row
 from trainables.config import ConfigError, TrialConfig
-from trainables.store import FORMAT_VERSION, ResultStore, StoreError, recorded_trials
+from trainables.store import FINISHED, FORMAT_VERSION, ResultStore, StoreError, recorded_trials
 
 
 @dataclass
@@ -106,7 +111,7 @@ def check_data(configs: list[TrialConfig]) -> None:
             continue
         seen.add(key)
         try:
-            datasets.load(cfg.dataset)
+            datasets.check(cfg.dataset)
         except datasets.DataError as e:
             raise UsageError(f"dataset.path: {e}") from None
 
@@ -133,29 +138,80 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
     log(f"results: {store.uri()}")
     t0 = time.time()
     ids = [tid for tid, _ in trials]
-    space, packs = _grid_space(spec, trials, log)
     with Lease(store, log=log):
-        tuner.start_ray(address, log)
-        share = guards.gpu_share(spec, address)
-        if spec.pack and spec.gpu is None and share > 0:
-            share = 1.0                                   # a pack fills a GPU
-        spec = dataclasses.replace(spec, gpu=share)
+        rows, todo = plan(store, trials) if scfg is None else (store.trial_states()[0], {})
+        if scfg is None:
+            log(f"plan: {len(ids) - len(todo)} trials finished before, {len(todo)} to run")
+        space, packs = _grid_space(spec, todo, log)
+        if todo or scfg is not None:
+            tuner.start_ray(address, log)
+            spec = dataclasses.replace(spec, gpu=_gpu_share(spec, address))
         _write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
                     driver_host=socket.gethostname(), **packs)
-        guards.write_probe(store)
-        if scfg is None:
-            errors = fit(spec, store, space)
-        else:
+        tracker = StatusTracker(store, rows, todo, {"started": t0, "cpu": spec.cpu,
+                                                    "gpu": spec.gpu or 0.0},
+                                packs=packs.get("packs"))
+        tracker.write(final=False)
+        errors: dict[str, str] = {}
+        if todo or scfg is not None:
+            guards.write_probe(store)
+        if todo:
+            errors = fit(spec, store, space, configs=todo, callbacks=[as_callback(tracker)],
+                         names=_names(spec, todo))
+        elif scfg is not None:
             from study import optuna_run
 
-            ids, errors = optuna_run.fit_search(spec, scfg, store, log)
+            ids, errors = optuna_run.fit_search(spec, scfg, store, log,
+                                                callbacks=[as_callback(tracker)])
+        record_failures(store, tracker, errors)
+        tracker.write(final=True)
+        write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],
+                   finished=now_iso())
+        if todo or scfg is not None:             # a finished study's resume writes no row
+            compact_finished(store, log)
+    return Outcome(store, count_states(tracker.rows, ids), time.time() - t0)
+
+
+def _gpu_share(spec: StudySpec, address: str | None) -> float:
+    share = guards.gpu_share(spec, address)
+    if spec.pack and spec.gpu is None and share > 0:
+        share = 1.0                                       # a pack fills a GPU
+    return share
+
+
+def plan(store: ResultStore, trials: list[tuple[str, TrialConfig]]) -> tuple[dict[str, dict], dict]:
+    """(a status row per trial, {id: config} of those to run): finished trials stay out.
+
+    One read of the status table when it is current, else the trials' status files in
+    parallel; a finished state is final, so the table's word is enough for it."""
+    known, _ = store.trial_states([tid for tid, _ in trials])
+    rows = {}
+    for tid, cfg in trials:
+        rows[tid] = config_row(tid, cfg.to_dict())
+        rows[tid].update({k: v for k, v in known.get(tid, {}).items() if v is not None})
+    todo = {tid: cfg.to_dict() for tid, cfg in trials if rows[tid]["state"] not in FINISHED}
+    return rows, todo
+
+
+def record_failures(store: ResultStore, tracker: StatusTracker, errors: dict[str, str]) -> None:
+    """Trials Tune gave up on are failed, unless their status file says they ended."""
     for trial_id, error in errors.items():
         st = store.status(trial_id)
         if not st or st["state"] not in ("completed", "diverged", "stopped"):
             store.set_status(trial_id, "failed", error=error)
-    write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],
-               finished=now_iso())
-    return Outcome(store, count_states(store, ids), time.time() - t0)
+    tracker.record_errors(errors)
+
+
+def compact_finished(store: ResultStore, log=print) -> None:
+    """Merge the finished trials' files into one file per table (trainables/compact.py)."""
+    from trainables.compact import compact
+
+    n = compact(store, grace_s=COMPACT_GRACE_S)
+    if n:
+        log(f"compacted {n} finished trials into one file per table")
+
+
+COMPACT_GRACE_S = 2.0     # readers that listed the old files have this long to open them
 
 
 def _write_meta(store: ResultStore, *args, **kw) -> None:
@@ -167,19 +223,31 @@ def _write_meta(store: ResultStore, *args, **kw) -> None:
         raise UsageError(f"storage: cannot write to {store.uri()}: {_why(e)}") from None
 
 
-def _grid_space(spec: StudySpec, trials: list[tuple[str, TrialConfig]],
-                log=print) -> tuple[dict, dict]:
-    """Tune's grid (one entry per trial, or per pack) and, when packed, {"packs": {id: ids}}."""
+def _grid_space(spec: StudySpec, todo: dict[str, dict], log=print) -> tuple[dict, dict]:
+    """Tune's grid: the ids of the trials to run, or their packs ({"id", "members"});
+    when packed, also {"packs": {pack id: member ids}} for study.json and the tracker."""
+    if not todo:                                  # nothing for Tune: ray.tune stays unimported
+        return {}, {}
     from ray import tune
 
-    if not spec.pack or not trials:
-        return {"trial": tune.grid_search([{"id": tid, "config": c.to_dict()}
-                                           for tid, c in trials])}, {}
+    if not spec.pack:
+        return {"trial": tune.grid_search(list(todo))}, {}
     from study import packing
 
-    parts = packing.partition(trials, spec.pack)
+    parts = packing.partition([(tid, TrialConfig.from_dict(c)) for tid, c in todo.items()],
+                              spec.pack)
     log(f"packed: {packing.describe(parts)}")
     entries = packing.pack_space(parts)
     return ({"trial": tune.grid_search(entries)},
             {"packs": {e["id"]: [m["id"] for m in e["members"]] for e in entries}})
 
+
+def _names(spec: StudySpec, todo: dict[str, dict]) -> dict[str, str]:
+    """Trial names for Tune's table: the id and the values of the spec's grid axes."""
+    axes = spec.axes()
+    out = {}
+    for tid, cfg in todo.items():
+        flat = TrialConfig.from_dict(cfg).flat()
+        vals = ",".join(f"{k.split('.')[-1]}={flat[k]}" for k in axes if k in flat)
+        out[tid] = f"{tid}({vals})" if vals else tid
+    return out

@@ -31,11 +31,15 @@ from trainables.store import ResultStore
 from trainables.train import FatalTrialError, run_trial
 
 
-def trainable(config: dict) -> None:
+def trainable(config: dict, configs: dict | None = None) -> None:
+    """config["trial"]: a trial id whose config is in `configs` (a grid), {"id", "config"}
+    (a searcher's suggestion), or {"id", "members": [{"id", "config"}, ...]} (a pack)."""
     study = config["study"]
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
     store = ResultStore(study["root"], study["name"])
     trial = config["trial"]
+    if isinstance(trial, str):
+        trial = {"id": trial, "config": configs[trial]}
     try:
         guards.check_probe(store, study["driver"], node)
         guards.follow_gpu_share(study.get("gpu", 0.0), node)

@@ -59,16 +59,24 @@ def _is_loopback(address: str) -> bool:
 
 
 def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, scheduler=None,
-        num_samples: int = 1) -> dict[str, str]:
-    """Run trials through Tune; returns {trial_id: error} of trials that failed for good."""
+        num_samples: int = 1, callbacks=None, configs: dict | None = None,
+        names: dict | None = None) -> dict[str, str]:
+    """Run trials through Tune; returns {trial_id: error} of trials that failed for good.
+
+    `configs` (id -> config) reaches the trials through Ray's object store when the
+    space holds trial ids (a grid); a searcher puts whole configs in its suggestions, a
+    pack its members'. `names`: Tune's display name of a trial id."""
     from ray import tune
 
     from study.optuna_storage import driver_dir
+    from study.tracker import trial_key
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # the concise table, not per-result boxes
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"   # no CSV/JSON/TensorBoard copies
     spec = dataclasses.replace(spec, gpu=guards.gpu_share(spec, None))   # run() sets it on a cluster
-    trainable = tune.with_resources(_trainable(), {"cpu": spec.cpu, "gpu": spec.gpu})
+    fn = tune.with_parameters(_trainable(), configs=configs) if configs else _trainable()
+    trainable = tune.with_resources(fn, {"cpu": spec.cpu, "gpu": spec.gpu})
+    names = names or {}
     if search_alg is None:                        # a searcher puts the context in its configs
         space = {**space, "study": study_context(spec, store)}
     tuner = tune.Tuner(
@@ -77,10 +85,11 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
                                     reuse_actors=not _joined,   # see the module docstring
                                     search_alg=search_alg, scheduler=scheduler,
                                     num_samples=num_samples,
-                                    trial_name_creator=lambda t: t.config["trial"]["id"],
-                                    trial_dirname_creator=lambda t: t.config["trial"]["id"]),
+                                    trial_name_creator=lambda t: names.get(
+                                        trial_key(t.config), trial_key(t.config)),
+                                    trial_dirname_creator=lambda t: trial_key(t.config)),
         run_config=tune.RunConfig(
-            name=store.study, storage_path=str(driver_dir(store)), verbose=1,
+            name=store.study, storage_path=str(driver_dir(store)), verbose=1, callbacks=callbacks,
             progress_reporter=reporter(spec),
             failure_config=tune.FailureConfig(max_failures=spec.max_retries)))
     grid = tuner.fit()
@@ -99,8 +108,10 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
     return errors
 
 
-def member_ids(trial: dict) -> list[str]:
+def member_ids(trial: dict | str) -> list[str]:
     """The trial ids a Tune trial stands for: its own, or its pack's members'."""
+    if isinstance(trial, str):
+        return [trial]
     return [m["id"] for m in trial["members"]] if "members" in trial else [trial["id"]]
 
 
@@ -113,14 +124,14 @@ def study_context(spec: StudySpec, store: ResultStore) -> dict:
 
 
 def reporter(spec: StudySpec):
-    """Tune's trial table with the study's grid axes and a few indicators, every 30 s."""
+    """Tune's trial table with the study's axes and a few indicators, every 30 s."""
     from ray.tune import CLIReporter
 
-    keys = spec.axes() if spec.search is None else [
-        k for k, v in spec.trial.items() if isinstance(v, dict) or _is_grid(k, v)] + ["train.seed"]
-    params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1] for k in keys}
-    if spec.pack:                                 # a pack's members are in `vaestudy status`
-        params = {}
+    params = {}                    # a grid: trial names carry the axes' values (runner._names);
+    if spec.search is not None:    # a pack's members are in `vaestudy status`
+        keys = [k for k, v in spec.trial.items() if isinstance(v, dict) or _is_grid(k, v)]
+        params = {"trial/config/" + k.replace(".", "/"): k.split(".")[-1]
+                  for k in keys + ["train.seed"]}
     return CLIReporter(
         parameter_columns=params, max_report_frequency=30, max_progress_rows=40,
         metric_columns={"epoch": "epoch", "evlb": "evlb", "recon_mse": "mse", "mi_xz": "mi_xz",

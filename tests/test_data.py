@@ -10,11 +10,12 @@ from trainables import data as datasets
 from trainables.config import DatasetConfig
 
 
-def test_mnist_pools_the_idx_files_and_scales_to_unit_interval(mnist_dir):
+def test_mnist_pools_the_idx_files_as_uint8_and_batches_scale_to_unit_interval(mnist_dir):
     d = datasets.load(DatasetConfig(name="mnist", path=str(mnist_dir)))
-    assert d.x.shape[1:] == (1, 28, 28) and d.x.dtype == torch.float32
+    assert d.x.shape[1:] == (1, 28, 28) and d.x.dtype == torch.uint8
     assert len(d) in (10_000, 1_000)        # the test set, or the slice in tests/data
-    assert d.x.min() == 0 and d.x.max() == 1 and d.factors is None
+    xb = datasets.as_float(d.x[:500])
+    assert xb.dtype == torch.float32 and xb.min() == 0 and xb.max() == 1 and d.factors is None
 
 
 def test_split_is_random_by_seed_and_partitions_the_data(mnist_dir):
@@ -80,7 +81,7 @@ def test_npz_good_input_with_factors(tmp_path):
     np.savez(p, x=np.random.default_rng(0).integers(0, 256, (20, 3, 16, 16), dtype=np.uint8),
              factors=np.zeros((20, 2)))
     d = datasets.load(DatasetConfig(name="npz", path=str(p)))
-    assert d.x.shape == (20, 3, 16, 16) and d.x.max() <= 1 and d.factors.shape == (20, 2)
+    assert d.x.shape == (20, 3, 16, 16) and d.x.dtype == torch.uint8 and d.factors.shape == (20, 2)
 
 
 @pytest.mark.parametrize("arrays,msg", [
@@ -99,8 +100,9 @@ def test_bad_npz_is_refused_naming_the_file(tmp_path, arrays, msg):
     assert "bad.npz" in str(e.value)
 
 
-def test_image_folder_good_mixed_and_empty(tmp_path):
+def test_image_folder_good_mixed_and_empty(tmp_path, monkeypatch):
     from PIL import Image
+    monkeypatch.setenv("VAESTUDY_CACHE", str(tmp_path / "cache"))
     good = tmp_path / "good"
     good.mkdir()
     for i in range(4):
@@ -115,3 +117,50 @@ def test_image_folder_good_mixed_and_empty(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(datasets.DataError, match="no images"):
         datasets.load(DatasetConfig(name="image_folder", path=str(tmp_path / "empty")))
+
+
+def test_image_folder_is_a_uint8_cache_built_once_and_split_without_copies(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from trainables import imagecache
+    monkeypatch.setenv("VAESTUDY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(imagecache, "CHUNK_BYTES", 3 * 8 * 8 * 7)    # several chunks
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (30, 8, 8, 3), dtype=np.uint8)
+    for i, im in enumerate(imgs):
+        Image.fromarray(im).save(folder / f"{i:03d}.png")
+    cfg = DatasetConfig(name="image_folder", path=str(folder))
+    datasets.check(cfg)                                   # headers only: no cache yet
+    assert not list((tmp_path / "cache").glob("*.npy"))
+    d = datasets.load(cfg)
+    assert d.x.dtype == torch.uint8 and d.x.shape == (30, 3, 8, 8)
+    assert np.array_equal(d.x.numpy(), imgs.transpose(0, 3, 1, 2))
+    cache = list((tmp_path / "cache").glob("*.npy"))
+    assert len(cache) == 1
+    stamp = cache[0].stat().st_mtime_ns
+    again = datasets.load(cfg)                            # the same cache, not rebuilt
+    assert cache[0].stat().st_mtime_ns == stamp and torch.equal(again.x, d.x)
+    s = datasets.split(d, (0.6, 0.2, 0.2), 3)
+    plain = datasets.split(datasets.Data(d.x.clone(), None, d.index), (0.6, 0.2, 0.2), 3)
+    for a, b in ((s.train, plain.train), (s.val, plain.val), (s.test, plain.test)):
+        assert torch.equal(a.x, b.x) and torch.equal(a.index, b.index)
+    Image.fromarray(imgs[0]).save(folder / "030.png")     # content changed: a new cache
+    assert len(datasets.load(cfg)) == 31 and len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_driver_check_of_an_image_folder_reads_headers_only(tmp_path, monkeypatch):
+    from PIL import Image
+    monkeypatch.setenv("VAESTUDY_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((6, 6), np.uint8)).save(folder / f"{i}.png")
+    Image.fromarray(np.zeros((7, 6), np.uint8)).save(folder / "odd.png")
+    with pytest.raises(datasets.DataError, match="mixed sizes"):
+        datasets.check(DatasetConfig(name="image_folder", path=str(folder)))
+    datasets.check(DatasetConfig(name="image_folder", path=str(folder), image_size=4))
+    (folder / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(datasets.DataError, match="bad.png: unreadable"):
+        datasets.check(DatasetConfig(name="image_folder", path=str(folder), image_size=4))

@@ -61,8 +61,11 @@ def test_four_trial_mnist_study_reads_back_with_polars(tmp_path, ray_local, mnis
     assert meta["versions"]["polars"] and meta["versions"]["python"] and meta["command"]
     assert datetime.fromisoformat(meta["started"]) <= datetime.fromisoformat(meta["finished"])
     for t in (t["id"] for t in meta["trials"]):
-        assert store.checkpoints(t)[-1][0] == 2                   # the final checkpoint is kept
-        assert len(store.parts("trials", t)) == 1                 # files grow with trials
+        assert store.checkpoints(t) == []                          # only the final weights
+        assert "opt" not in store.load_checkpoint(t) and store.load_checkpoint(t)["epoch"] == 2
+        assert store.parts("trials", t) == []                      # compacted at the end
+    for table in ("trials", "factors", "codes"):                   # one file per table
+        assert store.listdir(store.path(table)) == ["compact-000001.parquet"]
 
 
 def test_diverging_and_crashing_trials_are_recorded_and_the_study_goes_on(tmp_path, ray_local):

@@ -20,7 +20,8 @@ SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EVAL_METRICS = ("mig", "sap", "modularity")   # analysis.metrics.SEARCHABLE: cheap per evaluation
-RUNTIME_KEYS = {"train": ("threads", "fault_epoch_delay")}   # how a trial runs, not what it computes
+RUNTIME_KEYS = {"train": ("threads", "fault_epoch_delay"),   # how a trial runs, not what it computes
+                "checkpoint": ("final",)}     # what a completed trial keeps: the same trial
 # The keys results format 1 hashed into a trial id (all of them, defaults included);
 # frozen, so that studies written then still map their spec to their recorded ids.
 FORMAT1_KEYS = {
@@ -162,11 +163,18 @@ class EvalConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 5                    # epochs between checkpoints (and results flushes)
-    keep: int = 2                     # checkpoints kept per trial besides the final one
+    keep: int = 2                     # checkpoints kept while the trial runs
+    final: str = "weights"            # after it completes: weights | full | none
 
     def check(self) -> None:
         _positive("checkpoint.every", self.every)
         _positive("checkpoint.keep", self.keep)
+        if self.final not in FINAL_CHECKPOINTS:
+            raise ConfigError("checkpoint.final", f"got {self.final!r}; allowed: "
+                              f"{', '.join(FINAL_CHECKPOINTS)}")
+
+
+FINAL_CHECKPOINTS = ("weights", "full", "none")   # what a completed trial keeps
 
 
 SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "noise": NoiseConfig,

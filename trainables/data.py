@@ -1,9 +1,12 @@
 """Data sets as in-memory tensors: mnist, intrinsic, npz, image_folder.
 
-Every loader returns a `Data` (images in [0, 1] as one float tensor, optional
-ground-truth factors) and refuses bad input with a `DataError` that names the
-file and the problem. A data set that fits in memory lives as one tensor on
-the training device: batches are index slices, no worker processes.
+Every loader returns a `Data` (images as one tensor, optional ground-truth
+factors) and refuses bad input with a `DataError` that names the file and the
+problem. A data set lives as one tensor on the training device: batches are
+index slices, no worker processes. Pixel sources (mnist, uint8 npz,
+image_folder) stay uint8 there, a quarter of float32, and `as_float` turns
+each batch into [0, 1]; float sources (intrinsic, float npz) stay float.
+An image folder is decoded once into a memory-mapped .npy cache (`imagecache`).
 """
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ class DataError(ValueError):
 
 @dataclass
 class Data:
-    x: torch.Tensor                   # [N, C, H, W] float32 in [0, 1]
+    x: torch.Tensor                   # [N, C, H, W] uint8 in 0..255, or float32 in [0, 1]
     factors: torch.Tensor | None      # [N, P] ground truth, when known
     index: torch.Tensor               # [N] position in the pooled data set
+    mapped: np.ndarray | None = None  # the memory map x views (an image-folder cache)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -47,6 +51,23 @@ class Splits:
     train: Data
     val: Data
     test: Data
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """A batch in [0, 1] as float32: uint8 pixels / 255, float data as it is."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def check(cfg: DatasetConfig) -> None:
+    """What the driver checks before a study starts, without decoding a big image folder."""
+    if cfg.name == "image_folder":
+        from trainables import imagecache
+
+        n = imagecache.check_folder(cfg)
+        if n < 3:
+            raise DataError(f"{cfg.path}: {n} examples; need at least 3 to split")
+        return
+    load(cfg)
 
 
 def load(cfg: DatasetConfig) -> Data:
@@ -68,6 +89,11 @@ def split(data: Data, fractions: tuple[float, float, float], seed: int) -> Split
     n_val = int(round(fractions[1] * n))
     n_val = min(n_val, n - n_train - 1)
     parts = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+    if data.mapped is not None:               # read the rows, leave the map unresident
+        from trainables.imagecache import gather
+
+        xs = gather(data.mapped, [p.numpy() for p in parts])
+        return Splits(*(Data(torch.from_numpy(x), None, data.index[p]) for x, p in zip(xs, parts)))
     return Splits(*(data.subset(p) for p in parts))
 
 
@@ -88,7 +114,7 @@ def load_mnist(cfg: DatasetConfig) -> Data:
         raise DataError(f"{root}: no MNIST image file (train-images-idx3-ubyte[.gz] or "
                         "t10k-images-idx3-ubyte[.gz]); set dataset.download=true to fetch it")
     images = np.concatenate([read_idx_images(p) for p in found])
-    x = torch.from_numpy(images).float().div_(255.0).unsqueeze(1)   # [N, 1, 28, 28]
+    x = torch.from_numpy(images).unsqueeze(1)                        # [N, 1, 28, 28] uint8
     return Data(x, None, torch.arange(len(x)))
 
 
@@ -196,7 +222,7 @@ def load_npz(cfg: DatasetConfig) -> Data:
     if x.ndim != 4:
         raise DataError(f"{path}: 'x' has shape {arrays['x'].shape}; allowed: (N, H, W) or (N, C, H, W)")
     if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
+        pass                                                         # stays uint8
     elif np.issubdtype(x.dtype, np.floating):
         if not np.isfinite(x).all():
             raise DataError(f"{path}: 'x' holds NaN or inf values")
@@ -211,45 +237,38 @@ def load_npz(cfg: DatasetConfig) -> Data:
             raise DataError(f"{path}: 'factors' must be finite and shaped (N={x.shape[0]}, P); "
                             f"got {f.shape}")
         factors = torch.from_numpy(f.astype(np.float32))
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    dtype = np.uint8 if x.dtype == np.uint8 else np.float32
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=dtype))
     return Data(xt, factors, torch.arange(len(xt)))
 
 
 # ---- image_folder ---------------------------------------------------------------
 
 def load_image_folder(cfg: DatasetConfig) -> Data:
-    """Every image under `path`, centre-cropped to a square and resized to image_size.
+    """Every image under `path`, centre-cropped to a square and resized to image_size, as
+    uint8 from the folder's memory-mapped cache (built on first use; see `imagecache`).
 
     CelebA is used at image_size=64 (App. D); Yale B at 192x168 is kept at its
     own size when image_size is unset, which needs every image to share one size.
     """
+    from trainables import imagecache
+
+    x = imagecache.cached(cfg)                                       # [N, C, S, S] uint8 mmap
+    return Data(torch.from_numpy(x), None, torch.arange(x.shape[0]), mapped=x)
+
+
+def decode(p: Path, side: int | None) -> np.ndarray:
+    """One image as uint8 [H, W] or [H, W, 3], squared and resized when `side` is set."""
     from PIL import Image  # torchvision's dependency
 
-    root = Path(cfg.path)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-    arrays, sizes = [], set()
-    for p in files:
-        try:
-            with Image.open(p) as im:
-                im = im.convert("L" if im.mode in ("L", "I", "I;16", "1", "P") else "RGB")
-                if cfg.image_size:
-                    side = cfg.image_size
-                    im = _square(im).resize((side, side), Image.BILINEAR)
-                arrays.append(np.asarray(im, dtype=np.uint8))
-        except OSError as e:
-            raise DataError(f"{p}: unreadable image ({e})") from None
-        sizes.add(arrays[-1].shape)
-    if len(sizes) > 1:
-        raise DataError(f"{root}: images of mixed sizes/channels {sorted(sizes)[:3]}...; "
-                        "set dataset.image_size (e.g. 64) to resize them all")
-    x = np.stack(arrays).astype(np.float32) / 255.0
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-    xt = torch.from_numpy(np.ascontiguousarray(x))
-    return Data(xt, None, torch.arange(len(xt)))
+    try:
+        with Image.open(p) as im:
+            im = im.convert("L" if im.mode in ("L", "I", "I;16", "1", "P") else "RGB")
+            if side:
+                im = _square(im).resize((side, side), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"{p}: unreadable image ({e})") from None
 
 
 def _square(im):

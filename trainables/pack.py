@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from trainables.data import as_float
 from trainables.noise import NoiseModel
 from trainables.train import Run, autocast
 from trainables.vae import VAE
@@ -128,7 +129,7 @@ def train_epoch(pack: Pack, x: torch.Tensor) -> torch.Tensor:
                          for r, a in zip(pack.runs, pack.active)])                  # [G, N]
     total = torch.zeros(pack.G, dtype=torch.float64, device=pack.device)
     for i in range(0, N, B):
-        xb = x[perms[:, i:i + B]]                                                   # [G, B, C, H, W]
+        xb = as_float(x[perms[:, i:i + B]])                                         # [G, B, C, H, W]
         b = xb.shape[1]
         eps = torch.stack([torch.randn(b, H, generator=r.gen, device=pack.device)
                            if a else torch.zeros(b, H, device=pack.device)

@@ -9,8 +9,11 @@ as s3://bucket/prefix):
     factors/<trial_id>/part-<first>-<last>.parquet   one row per epoch and factor
     codes/<trial_id>/part-<first>-<last>.parquet     mu, logvar at the last evaluation
     status/<trial_id>.json            running | completed | diverged | failed
-    checkpoints/<trial_id>/epoch-<e>.pt
+    status.parquet                    the driver's compact status table (study/tracker.py)
+    checkpoints/<trial_id>/epoch-<e>.pt   while a trial runs (checkpoint.keep of them)
+    checkpoints/<trial_id>/final.pt   after it completes: weights only (checkpoint.final)
     traversals/<trial_id>.png
+    <table>/compact-<gen>.parquet     finished trials of `compact`, sorted, row groups by trial
 
 How no row is lost or duplicated: at each evaluation and each checkpoint a
 trial writes the rows it has buffered since its last write as one segment per
@@ -24,6 +27,10 @@ ends, its segments are merged into one file per table (`finish`), so the file
 count grows with trials, not with epochs; a merge interrupted half-way leaves
 segments that the merged file contains, which `tidy` removes.
 
+Temp files start with "." (`.name.tmp-XXXX`), so directory readers (pyarrow.dataset,
+pandas, DuckDB, Spark) skip them. Compaction (trainables/compact.py) is safe while
+readers run; see there.
+
 Format versions (`FORMAT_VERSION`, in study.json and in each Parquet file's
 metadata under `vaestudy.format_version`); readers accept every earlier one:
   1  (nothing recorded) trial ids hash every config value; study.json lists ids only.
@@ -35,6 +42,9 @@ metadata under `vaestudy.format_version`); readers accept every earlier one:
      equivalent_sigma2_arith, pi_at_floor and normal_var_tol; a mixture's
      equivalent_sigma2 is precision-weighted. Earlier files read the new columns as null
      (`analysis.load` recomputes what it can).
+  5  + compact-<gen>.parquet per table (finished trials; trainables/compact.py),
+     status.parquet (the driver's status table), checkpoints/<id>/final.pt (weights
+     only); a study of an earlier format has none of them and reads unchanged.
 """
 from __future__ import annotations
 
@@ -47,6 +57,7 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -56,12 +67,16 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 FORMAT_KEY = b"vaestudy.format_version"
 TABLES = ("trials", "factors", "codes")
+FINISHED = ("completed", "diverged")        # terminal: never rerun, never rewritten
 STATES = ("running", "completed", "diverged", "failed", "stopped")
 PART = re.compile(r"part-(\d+)-(\d+)\.parquet$")
 CKPT = re.compile(r"epoch-(\d+)\.pt$")
+FINAL_CKPT = "final.pt"
+STATUS_TABLE = "status.parquet"
+READ_THREADS = 32                            # parallel small reads (status files, segments)
 
 f64, i64, s = pa.float64(), pa.int64(), pa.string()
 SCHEMAS = {
@@ -90,6 +105,29 @@ SCHEMAS = {
         ("truth", pa.list_(pa.float32())),
     ]),
 }
+
+
+# The driver's status table (study/tracker.py): one row per trial, its latest metrics.
+STATUS_SCHEMA = pa.schema([
+    ("trial_id", s), ("state", s), ("epoch", i64), ("epochs", i64), ("attempts", i64),
+    ("started", f64), ("updated", f64), ("seconds", f64), ("error", s),
+    ("noise", s), ("beta", f64), ("sigma2", f64), ("seed", i64), ("latent_dim", i64),
+    ("evlb", f64), ("recon_mse", f64), ("mi_xz", f64), ("kl_qz_pz", f64), ("n_used_factors", i64),
+])
+STALE_TABLE_S = 90.0       # a running driver rewrites its table at least every 30 s
+
+
+def status_row(st: dict) -> dict:
+    """A status-table row from a trial's status file (its `final` metrics when finished)."""
+    cfg, final = st.get("config") or {}, st.get("final") or {}
+    noise, train = cfg.get("noise", {}), cfg.get("train", {})
+    row = {"trial_id": st["trial_id"], "state": st["state"], "epochs": st.get("epochs"),
+           "attempts": st.get("attempts"), "updated": st.get("updated"), "error": st.get("error"),
+           "noise": noise.get("kind"), "beta": noise.get("beta"), "sigma2": noise.get("sigma2"),
+           "seed": train.get("seed"), "latent_dim": cfg.get("model", {}).get("latent_dim"),
+           "seconds": final.get("wall_time")}
+    row.update({k: final[k] for k in STATUS_SCHEMA.names if k in final and k != "trial_id"})
+    return row
 
 
 class StoreError(RuntimeError):
@@ -258,8 +296,9 @@ class ResultStore:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
             return
-        os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        head, name = path.rsplit("/", 1)        # a leading "." hides it from directory readers
+        os.makedirs(head, exist_ok=True)
+        tmp = f"{head}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -276,6 +315,13 @@ class ResultStore:
     def listdir(self, path: str) -> list[str]:
         info = self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         return sorted(i.path.rsplit("/", 1)[-1] for i in info)
+
+    def read_many(self, paths: list[str], read) -> list:
+        """read(path) for each path on a thread pool: object stores answer in parallel."""
+        if len(paths) < 4:
+            return [read(p) for p in paths]
+        with ThreadPoolExecutor(min(READ_THREADS, len(paths))) as pool:
+            return list(pool.map(read, paths))
 
     def delete(self, path: str) -> None:
         """Remove a file; a missing one is fine. On S3 one DeleteObject request: pyarrow's
@@ -449,11 +495,23 @@ class ResultStore:
             return None
 
     def all_status(self) -> list[dict]:
-        out = []
-        for name in self.listdir(self.path("status")):
-            if name.endswith(".json"):
-                out.append(self.read_json(self.path("status", name)))
-        return out
+        """Every trial's status file, read in parallel (the source of truth, one GET each)."""
+        names = [n for n in self.listdir(self.path("status"))
+                 if n.endswith(".json") and not n.startswith(".")]
+        got = self.read_many([self.path("status", n) for n in names], self._json_or_none)
+        return [g for g in got if g is not None]
+
+    def status_many(self, trial_ids: list[str]) -> dict[str, dict]:
+        """{trial_id: status} of those with a status file, read in parallel."""
+        got = self.read_many([self.path("status", f"{t}.json") for t in trial_ids],
+                             self._json_or_none)
+        return {t: s for t, s in zip(trial_ids, got) if s is not None}
+
+    def _json_or_none(self, path: str) -> dict | None:
+        try:
+            return self.read_json(path)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
 
     # ---- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self, trial_id: str, epoch: int, state: dict | bytes, keep: int) -> None:
@@ -470,11 +528,32 @@ class ResultStore:
                 out.append((int(m[1]), self.path("checkpoints", trial_id, name)))
         return sorted(out)
 
+    def keep_final(self, trial_id: str, mode: str, state: dict) -> None:
+        """A completed trial's checkpoints: `weights` -> final.pt with the model's weights and
+        no optimizer state, `full` -> its last checkpoint as it is, `none` -> nothing.
+        final.pt is written before the epoch checkpoints go, so a crash keeps one or the other."""
+        ckpts = self.checkpoints(trial_id)
+        if mode == "full":
+            ckpts = ckpts[:-1]
+        elif mode == "weights":
+            weights = {k: state[k] for k in ("epoch", "wall", "vae", "trial_config")}
+            self.write_bytes(self.path("checkpoints", trial_id, FINAL_CKPT),
+                             checkpoint_bytes(weights))
+        for _, path in ckpts:
+            self.delete(path)
+
     def load_checkpoint(self, trial_id: str, epoch: int | None = None) -> dict | None:
-        """The latest (or the given epoch's) checkpoint, loaded without unpickling objects."""
+        """The latest (or the given epoch's) checkpoint, loaded without unpickling objects;
+        a completed trial's final weights (final.pt, no optimizer state) when that is all."""
         import torch
 
-        for e, path in reversed(self.checkpoints(trial_id)):
+        final = self.path("checkpoints", trial_id, FINAL_CKPT)
+        found = self.checkpoints(trial_id)
+        if not found and self.exists(final):
+            state = torch.load(io.BytesIO(self.read_bytes(final)), weights_only=True,
+                               map_location="cpu")
+            return state if epoch is None or state["epoch"] == epoch else None
+        for e, path in reversed(found):
             if epoch is not None and e != epoch:
                 continue
             try:
@@ -486,6 +565,39 @@ class ResultStore:
                       f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})",
                       flush=True)
         return None
+
+    # ---- the driver's status table -------------------------------------------------
+    def write_status_table(self, rows: list[dict], final: bool, **meta) -> None:
+        """One small Parquet file; `final` when the driver has ended (nothing runs)."""
+        t = pa.Table.from_pylist(rows, schema=STATUS_SCHEMA)
+        info = {"format_version": FORMAT_VERSION, "final": final, "written_at": time.time(), **meta}
+        t = t.replace_schema_metadata({"vaestudy": json.dumps(info)})
+        buf = io.BytesIO()
+        pq.write_table(t, buf, compression="zstd")
+        self.write_bytes(self.path(STATUS_TABLE), buf.getvalue())
+
+    def read_status_table(self) -> tuple[list[dict], dict] | None:
+        """(rows, metadata) of the status table, or None when there is none."""
+        try:
+            t = pq.read_table(io.BytesIO(self.read_bytes(self.path(STATUS_TABLE))))
+        except (FileNotFoundError, pa.ArrowInvalid):
+            return None
+        return t.to_pylist(), json.loads((t.schema.metadata or {})[b"vaestudy"])
+
+    def trial_states(self, trial_ids: list[str] | None = None) -> tuple[dict[str, dict], dict | None]:
+        """({trial_id: status row}, the table's metadata or None when read from the files):
+        the status table when it is current (one read),
+        else every status file in parallel. Current: the driver wrote it when it ended
+        (`final`), or less than STALE_TABLE_S ago while it runs."""
+        table = self.read_status_table()
+        if table is not None:
+            rows, meta = table
+            age = time.time() - meta.get("written_at", 0)
+            if meta.get("final") or age < STALE_TABLE_S:
+                return {r["trial_id"]: r for r in rows}, meta
+        got = self.status_many(trial_ids) if trial_ids is not None else \
+            {st["trial_id"]: st for st in self.all_status()}
+        return {t: status_row(st) for t, st in got.items()}, None
 
 
 def checkpoint_bytes(state: dict) -> bytes:

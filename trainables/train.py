@@ -88,7 +88,7 @@ def train_epoch(run: Run, x: torch.Tensor) -> float:
     perm = torch.randperm(x.shape[0], generator=run.gen, device=run.device)
     total = torch.zeros((), device=run.device)
     for i in range(0, x.shape[0], B):
-        xb = x[perm[i:i + B]]                                           # [B, C, H, W]
+        xb = datasets.as_float(x[perm[i:i + B]])                        # [B, C, H, W]
         eps = torch.randn(xb.shape[0], H, generator=run.gen, device=run.device)
         with autocast(run.cfg, run.device):
             loss, xhat = vae.loss(xb, eps)
@@ -109,7 +109,7 @@ def evaluate(run: Run, test: datasets.Data, chunk: int = 500) -> dict:
     g = torch.Generator(device=run.device).manual_seed(run.cfg.train.seed * 100_003 + run.epoch)
     mus, logvars, evlb, mse = [], [], 0.0, 0.0
     for i in range(0, n, chunk):
-        xb = test.x[i:min(i + chunk, n)]
+        xb = datasets.as_float(test.x[i:min(i + chunk, n)])
         eps = torch.randn(xb.shape[0], run.cfg.model.latent_dim, generator=g, device=run.device)
         mu, logvar, log_lik, err = vae.evlb_terms(xb, eps)
         kl = kl_to_prior(mu, logvar).sum(1)
@@ -344,11 +344,13 @@ def finish_completed(run, store, trial_id, test, last, report) -> dict:
         mi = run.last_mi if run.last_mi is not None else \
             evaluate(run, test)["indicators"].factors["mi"]  # resumed at the end: recompute
         factors = traversal.pick_factors(mi, cfg.eval.used_threshold)
-        png = traversal.montage(run.vae, test.x[:cfg.eval.traversal_images], factors)
+        images = datasets.as_float(test.x[:cfg.eval.traversal_images])
+        png = traversal.montage(run.vae, images, factors)
         run.writer.submit(store.write_bytes, store.path("traversals", f"{trial_id}.png"), png)
     run.writer.flush()                           # every row and checkpoint before the end state
     last = last or last_metrics(store, trial_id)
     store.finish(trial_id, "completed", final=last)
+    store.keep_final(trial_id, cfg.checkpoint.final, state_dict(run))   # never resumed now
     if report and last:                     # after finish: a scheduler may stop us here
         report(last)
     return last

@@ -69,6 +69,7 @@ def encoder(store, trial_id: str, cfg, shape: tuple[int, ...]):
     or None when it has none."""
     import torch
 
+    from trainables.data import as_float
     from trainables.vae import VAE
 
     state = store.load_checkpoint(trial_id)
@@ -80,7 +81,7 @@ def encoder(store, trial_id: str, cfg, shape: tuple[int, ...]):
 
     @torch.no_grad()
     def encode(x) -> np.ndarray:
-        x = torch.as_tensor(x, dtype=torch.float32)
+        x = as_float(torch.as_tensor(x)).float()          # uint8 pixels -> [0, 1]
         return torch.cat([vae.encoder(c)[0] for c in x.split(4096)]).double().numpy()
     return encode
 
