@@ -1,7 +1,7 @@
 """The user's first commands, for real: `ray up`, `ray job submit`, `ray down` of
 cluster-onprem.yaml, on two hosts made on this machine (tests/support/onprem.py).
 
-    ./dev test -m cluster tests/test_cluster_up.py      # root; about 10 minutes on 2 cores
+    ./dev test -m cluster tests/test_cluster_up.py      # root; 4-10 minutes on 2 cores
 
 The hosts are network + mount + PID + UTS namespaces on a bridge with no port
 to the outside (10.15.15.0/24), each with its own home and /tmp and sshd; the
