@@ -1,5 +1,11 @@
 """Ray and Tune for a study: start or join Ray, run trials through a Tuner.
 
+Tune reuses a trial's actor for the next trial only on a private one-machine Ray: on
+a cluster, a reused actor takes the queued trials whose actors are still starting on
+other nodes (and Tune kills those), so a study of trials shorter than a node's actor
+start (a fresh Python importing torch) runs on one node alone. There a trial gets a
+fresh process on whichever node Ray places it.
+
 Tune's own experiment folder lives on the driver's local disk (`driver_dir`),
 with its CSV/JSON/TensorBoard loggers off: the study storage holds only what
 vaestudy writes and reads, and a study resumes from those records, never from
@@ -17,13 +23,17 @@ from study.lease import DRIVER_ID
 from study.spec import StudySpec, _is_grid
 from trainables.store import ResultStore
 
+_joined = False                     # whether start_ray joined a cluster (else: a private Ray)
+
 
 def start_ray(address: str | None, log=print) -> None:
     import ray
 
+    global _joined
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return
+    _joined = guards.joining(address) is not None
     if address:
         log(f"joining the Ray cluster at {address}")
         if _is_loopback(address):
@@ -71,7 +81,8 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
         space = {**space, "study": study_context(spec, store)}
     tuner = tune.Tuner(
         trainable, param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent,
+                                    reuse_actors=not _joined,   # see the module docstring
                                     search_alg=search_alg, scheduler=scheduler,
                                     num_samples=num_samples,
                                     trial_name_creator=lambda t: names.get(

@@ -7,6 +7,7 @@ stopped, also when a test fails.
 """
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -154,6 +155,10 @@ def test_a_study_on_two_nodes_uses_both(cluster, tmp_path):
     nodes = {n.split("/")[-1] for n in rows["node"].unique()}
     assert nodes == {nid[:12] for nid in cluster.nodes_alive}, (nodes, cluster.nodes_alive)
     assert "joining the Ray cluster at 127.0.0.1" in out
+    # no actor reuse on a cluster (study/tuner.py): each trial ran in a process of its own
+    final = out[out.rindex("Number of trials"):]
+    pids = set(re.findall(r"TERMINATED \| 127\.0\.0\.1:(\d+) ", final))
+    assert len(pids) == 4, final
 
 
 def test_a_killed_worker_node_costs_no_result(cluster, tmp_path):
