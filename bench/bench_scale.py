@@ -37,8 +37,8 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 TABLES_SNIPPET = """
 import resource, sys, time
 t = time.perf_counter()
-from analysis.report import compute_tables
-compute_tables(sys.argv[1], sys.argv[2], higgins=False)
+from analysis.report import Options, compute_tables
+compute_tables(sys.argv[1], sys.argv[2], Options(higgins=None, trial_pages=False))
 print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 DRIVER_SNIPPET = """
