@@ -1,5 +1,9 @@
 """Trials per hour on one GPU by layout: 1 trial alone, 4 trials at a 0.25 share
-(4 processes), packs of 16/32/64, and bf16 / torch.compile variants of a pack.
+(4 processes), packs of 16/32/64, and matmul-conv / bf16 / torch.compile variants of
+a pack. "matmul conv" trains the pack's convolutions as im2col + one bmm over the
+members (trainables.pack, conv="matmul") instead of the grouped convolution that
+vmap makes of them (groups = G; grouped convolutions are often slow on GPUs,
+pytorch/pytorch#70954); on the CPU it is slower (0.4x at G = 8).
 
     PYTHONPATH=$PWD python3 bench/gpu_bench.py [--steps 100] [--out DIR] [--cpu-dry-run]
 
@@ -85,9 +89,10 @@ def time_alone(G: int, device: torch.device, steps: int, warmup: int, **kw) -> f
 
 def time_pack(G: int, device: torch.device, steps: int, warmup: int, **kw) -> float:
     """One pack of G trials, `steps` vectorised steps: images per second (all members)."""
+    conv = kw.pop("conv", "grouped")
     x, xw = images(device, steps), images(device, warmup)
     pk = packing.stack([build(config(i, device.type, **kw), (1, 28, 28), device)
-                        for i in range(G)])
+                        for i in range(G)], conv=conv)
     packing.train_epoch(pk, xw).tolist()
     _sync(device)
     t0 = time.perf_counter()
@@ -129,7 +134,8 @@ def layouts(dry: bool) -> list[tuple[str, str, dict]]:
     out = [("1 trial alone", "alone", {"G": 1}),
            ("4 trials x 0.25 share", "shared", {"n": 4})]
     out += [(f"pack of {g}", "pack", {"G": g}) for g in packs]
-    out += [(f"pack of {big}, bf16", "pack", {"G": big, "precision": "bf16"}),
+    out += [(f"pack of {big}, matmul conv", "pack", {"G": big, "conv": "matmul"}),
+            (f"pack of {big}, bf16", "pack", {"G": big, "precision": "bf16"}),
             (f"pack of {big}, compile", "pack", {"G": big, "compile": True})]
     return out
 

@@ -5,6 +5,7 @@ import torch
 
 from conftest import Interrupt, stop_at, tiny
 from trainables import data as datasets
+from trainables import pack as packing
 from trainables.config import TrialConfig
 from trainables.pack_run import pack_id, run_pack, shared_key
 from trainables.store import ResultStore
@@ -151,3 +152,27 @@ def test_a_generator_state_from_another_kind_of_device_reseeds_deterministically
     same = a.gen.get_state()
     set_generator(b, same)                                   # same kind: restored as saved
     assert torch.equal(b.gen.get_state(), same)
+
+
+
+@pytest.mark.parametrize("arch, shape", [("conv2", (1, 28, 28)), ("conv4", (3, 20, 18))])
+def test_matmul_convolutions_train_a_pack_as_the_grouped_ones_do(float64, arch, shape):
+    """conv="matmul" (im2col + one bmm over members, a GPU layout bench/gpu_bench.py
+    measures) trains the numbers of vmap's grouped convolution; conv4 on 20x18 images
+    takes the decoder's output_padding path."""
+    cfgs = [TrialConfig.from_dict(tiny(**{"model.arch": arch, "train.seed": sd, "train.lr": lr,
+                                          "noise.sigma2": s2, "train.batch_size": 16}))
+            for _, s2, sd, lr in MEMBERS]
+    x = torch.rand(48, *shape)
+
+    def pack(conv):
+        return packing.stack([build(c, shape, torch.device("cpu")) for c in cfgs], conv=conv)
+
+    packs = {conv: pack(conv) for conv in ("grouped", "matmul")}
+    losses = {conv: [v for _ in range(2) for v in packing.train_epoch(p, x).tolist()]
+              for conv, p in packs.items()}
+    assert losses["matmul"] == pytest.approx(losses["grouped"], rel=1e-10)
+    for n, p in packs["grouped"].params.items():
+        torch.testing.assert_close(packs["matmul"].params[n], p, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="conv: 'fft'; allowed: matmul, grouped"):
+        pack("fft")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -41,6 +42,53 @@ class _Method(nn.Module):
 
     def forward(self, *args):
         return self.fn(self.vae, *args)
+
+
+class _MatmulConv2d(nn.Conv2d):
+    """Conv2d as im2col + one matmul per member: under vmap, one bmm over the members
+    instead of the grouped convolution (groups = G) that vmap makes of nn.Conv2d."""
+
+    def forward(self, x):
+        B, _, h, w = x.shape
+        (k, _), (s, _), (p, _) = self.kernel_size, self.stride, self.padding
+        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        cols = F.unfold(x, k, padding=p, stride=s)                      # [B, Cin k k, L]
+        cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)          # [Cin k k, B L]
+        out = self.weight.reshape(self.out_channels, -1) @ cols         # [Cout, B L]
+        out = out + self.bias.view(-1, 1)
+        return out.view(self.out_channels, B, ho, wo).transpose(0, 1)   # [B, Cout, ho, wo]
+
+
+class _MatmulConvTranspose2d(nn.ConvTranspose2d):
+    """ConvTranspose2d as one matmul per member + col2im (F.fold): the adjoint of the above."""
+
+    def forward(self, x):
+        B, C, h, w = x.shape
+        (k, _), (s, _), (p, _) = self.kernel_size, self.stride, self.padding
+        ho = (h - 1) * s - 2 * p + k + self.output_padding[0]
+        wo = (w - 1) * s - 2 * p + k + self.output_padding[1]
+        cols = self.weight.reshape(C, -1).t() @ x.transpose(0, 1).reshape(C, -1)  # [Cout k k, B L]
+        cols = cols.view(cols.shape[0], B, h * w).transpose(0, 1)                 # [B, Cout k k, L]
+        out = F.fold(cols, (ho, wo), k, padding=p, stride=s)
+        return out + self.bias.view(1, -1, 1, 1)
+
+
+MATMUL = {nn.Conv2d: _MatmulConv2d, nn.ConvTranspose2d: _MatmulConvTranspose2d}
+
+
+def _matmul_convs(module: nn.Module) -> nn.Module:
+    """Swap every (square, undilated, ungrouped) convolution of a meta-device template
+    for its matmul form; parameter names stay, so functional_call's state fits."""
+    for name, child in module.named_children():
+        cls = MATMUL.get(type(child))
+        if cls is None:
+            _matmul_convs(child)
+            continue
+        kw = dict(stride=child.stride, padding=child.padding, device="meta")
+        if isinstance(child, nn.ConvTranspose2d):
+            kw["output_padding"] = child.output_padding
+        setattr(module, name, cls(child.in_channels, child.out_channels, child.kernel_size, **kw))
+    return module
 
 
 def _loss(vae: VAE, x, eps, beta):
@@ -74,8 +122,9 @@ class Pack:
         return len(self.runs)
 
 
-def stack(runs: list[Run]) -> Pack:
-    """Stack the members' state; each run keeps its own generator for batches and eps."""
+def stack(runs: list[Run], conv: str = "grouped") -> Pack:
+    """Stack the members' state; each run keeps its own generator for batches and eps.
+    conv: "matmul" (im2col + one bmm over members) or "grouped" (vmap's own rule)."""
     vaes = [r.vae for r in runs]
     params, buffers = stack_module_state(vaes)
     names = [n for n, _ in vaes[0].named_parameters()]
@@ -95,6 +144,10 @@ def stack(runs: list[Run]) -> Pack:
                 active=[True] * len(runs), device=dev)
     with torch.device("meta"):
         template = VAE(runs[0].vae.shape, cfg)
+    if conv == "matmul":
+        _matmul_convs(template)
+    elif conv != "grouped":
+        raise ValueError(f"conv: {conv!r}; allowed: matmul, grouped")
     loss_fn = vmap(lambda p, b, x, e, beta: functional_call(_Method(template, _loss),
                                                            _prefix(p, b), (x, e, beta)))
     pack.loss_fn = torch.compile(loss_fn) if cfg.train.compile else loss_fn
