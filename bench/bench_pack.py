@@ -11,6 +11,9 @@ steps per trial in both arms; aggregate training images per second, medians of
 Whole studies: the same 8-configuration MNIST grid (4 sigma2 x 2 seeds) through
 `vaestudy run` (a fresh process, Ray start, training, report) without and with
 `pack: 8`, wall time from start to report; resources fill the machine in both.
+Cost of a step at batch 2: ms and operators dispatched per step of one unpacked
+trial (the baseline) and of packs of G; a pack's operators do not grow with G
+(Adam runs on one [G, P] tensor), which is what a GPU's launch-bound step needs.
 The GPU layouts are bench/gpu_bench.py (bench/gpu_check.sh).
 """
 from __future__ import annotations
@@ -27,7 +30,53 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_bench import mnist_dir, time_alone, time_pack  # noqa: E402
+from gpu_bench import config, images, mnist_dir, time_alone, time_pack  # noqa: E402
+
+from trainables import pack as packing  # noqa: E402
+from trainables.config import TrialConfig  # noqa: E402
+from trainables.train import build, train_epoch  # noqa: E402
+
+TINY_B = 2                         # batch of the host-cost section: the step is all dispatch
+
+
+def _ops(fn) -> int:
+    """Operators dispatched by fn() (top level of the profiler's tree; on a GPU each
+    that does arithmetic is at least one kernel launch)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.cpu_parent is None)
+
+
+def host_cost(sizes, steps, reps) -> list[tuple[str, float, float]]:
+    """ms and operators per step at batch 2, where a step costs its dispatch and Adam's
+    pass over the weights, not its convolutions. Operators per step are what bound a GPU
+    step of small models (a launch each). Baseline: one unpacked trial."""
+    cpu = torch.device("cpu")
+    x = images(cpu, 1)[:TINY_B * steps]
+
+    def cfg(i):
+        return TrialConfig.from_dict({**config(i, "cpu").flat(), "train.batch_size": TINY_B})
+
+    def alone():
+        run = build(cfg(0), (1, 28, 28), cpu)
+        return run, (lambda: train_epoch(run, x))
+
+    def pack(G):
+        pk = packing.stack([build(cfg(i), (1, 28, 28), cpu) for i in range(G)])
+        return pk, (lambda: packing.train_epoch(pk, x).tolist())
+
+    out = []
+    for name, make in [("1 trial", alone)] + [(f"pack of {G}", lambda G=G: pack(G))
+                                              for G in sizes]:
+        _, epoch = make()
+        epoch()                                              # warm-up
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            epoch()
+            times.append((time.perf_counter() - t0) / steps * 1e3)
+        out.append((name, statistics.median(times), _ops(epoch) / steps))
+    return out
 
 
 def throughput(sizes, steps, reps) -> list[tuple[int, float, float]]:
@@ -84,6 +133,14 @@ def main() -> None:
     for G, alone, packed in rows:
         print(f"{G:>4}{alone:>14,.0f} img/s{packed:>6,.0f} img/s{packed / alone:>13.2f}x")
     print("target: >= 1.2x at G = 8")
+    print(f"\ncost of a step at batch {TINY_B}: operator dispatch and Adam's pass over the weights, "
+          f"not convolution flops (median of {a.reps}):")
+    cost = host_cost(a.sizes, max(a.steps, 10), a.reps)
+    print(f"{'':<12}{'ms/step':>9}{'ops/step':>10}{'vs 1 trial':>12}{'per member':>12}")
+    base_ms = cost[0][1]
+    for name, ms, ops in cost:
+        G = int(name.split()[-1]) if name.startswith("pack") else 1
+        print(f"{name:<12}{ms:>9.2f}{ops:>10.0f}{ms / base_ms:>11.2f}x{ms / base_ms / G:>11.2f}x")
     with tempfile.TemporaryDirectory(prefix="bench-pack-") as root:
         u = whole_study(None, a.study_epochs, a.study_limit, a.threads, root)
         p = whole_study(8, a.study_epochs, a.study_limit, a.threads, root)

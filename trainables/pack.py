@@ -4,9 +4,10 @@ Members share the data, architecture, latent size, batch size and noise kind; th
 differ in beta, sigma2, seed and learning rate. Each member is an ordinary `Run`
 built by `train.build`, so its initial weights, its generator (batch order and
 noise eps) and its checkpoint format are exactly those of the unpacked trial.
-While training, the members' weights, noise parameters and Adam moments live as
-slices g of stacked tensors [G, ...] (`torch.func.stack_module_state`), and one
-step is `vmap` over members of `functional_call` on a template VAE on the meta
+While training, the members' weights and Adam moments live as rows g of [G, P]
+tensors (all P weights of a member in one row; `Pack.views` gives the [G, ...]
+tensor of each weight without a copy), the noise parameters as [G, ...] stacks, and
+one step is `vmap` over members of `functional_call` on a template VAE on the meta
 device: the same `VAE.loss` (Eq. 11) and the same noise models' updates
 (App. A.1 closed form after the step, App. A.2 EM inside it), on each member's
 own residuals. Adam is written over the stacked tensors because members have
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from trainables.data import as_float
 from trainables.noise import NoiseModel
@@ -103,10 +104,11 @@ def _after_step(vae: VAE, x, xhat):
 @dataclass
 class Pack:
     runs: list[Run]
-    params: dict[str, torch.Tensor]      # name -> [G, ...] leaf tensors with grads
+    flat: torch.Tensor                   # [G, P] every member's weights in one leaf with a grad
+    layout: list[tuple[str, int, torch.Size]]  # (name, offset, shape) of each weight in flat
     buffers: dict[str, torch.Tensor]     # name -> [G, ...] noise parameters updated in place
-    m: dict[str, torch.Tensor]           # Adam's first moments [G, ...]
-    v: dict[str, torch.Tensor]           # Adam's second moments [G, ...]
+    m: torch.Tensor                      # Adam's first moments [G, P]
+    v: torch.Tensor                      # Adam's second moments [G, P]
     steps: torch.Tensor                  # [G] Adam steps taken (float64)
     lr: torch.Tensor                     # [G] (float64)
     beta: torch.Tensor                   # [G] weight of the KL term
@@ -121,27 +123,47 @@ class Pack:
     def G(self) -> int:
         return len(self.runs)
 
+    def views(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """name -> [G, ...] views of a [G, P] tensor (flat, m or v): no copies, no kernels.
+        One split, so autograd gathers the weights' gradients into flat.grad with one cat
+        (a slice per weight would write a zero-filled [G, P] gradient each)."""
+        parts = t.split([sh.numel() for _, _, sh in self.layout], dim=1)
+        return {n: part.view(self.G, *sh) for (n, _, sh), part in zip(self.layout, parts)}
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """name -> [G, ...] the members' weights (views of flat, outside autograd)."""
+        return self.views(self.flat.detach())
+
 
 def stack(runs: list[Run], conv: str = "grouped") -> Pack:
     """Stack the members' state; each run keeps its own generator for batches and eps.
-    conv: "matmul" (im2col + one bmm over members) or "grouped" (vmap's own rule)."""
-    vaes = [r.vae for r in runs]
-    params, buffers = stack_module_state(vaes)
-    names = [n for n, _ in vaes[0].named_parameters()]
-    m, v, steps = {}, {}, []
+    The weights live in one [G, P] tensor, so Adam is a dozen whole-pack operations
+    whatever the number of weight tensors (on a GPU, kernel launches, not flops, bound
+    a step of small models). conv: "grouped" (vmap's rule for a convolution with a
+    batched weight) or "matmul" (im2col + one bmm over members)."""
+    G = len(runs)
+    named = [list(r.vae.named_parameters()) for r in runs]
+    layout, o = [], 0
+    for n, p in named[0]:
+        layout.append((n, o, p.shape))
+        o += p.numel()
+    flat = torch.stack([torch.cat([p.detach().reshape(-1) for _, p in ps]) for ps in named])
+    buffers = {n: torch.stack([dict(r.vae.named_buffers())[n].detach() for r in runs])
+               for n, _ in runs[0].vae.named_buffers()}
+    steps = []
     for r in runs:                               # Adam's state of a resumed member, else zeros
         st = [r.opt.state.get(p, {}) for p in r.vae.parameters()]
         steps.append(float(st[0]["step"]) if st and "step" in st[0] else 0.0)
-    for i, n in enumerate(names):
-        m[n] = torch.stack([_moment(r, i, "exp_avg") for r in runs])
-        v[n] = torch.stack([_moment(r, i, "exp_avg_sq") for r in runs])
-    dev, dt = runs[0].device, params[names[0]].dtype
+    m, v = (torch.stack([torch.cat([_moment(r, i, key).reshape(-1) for i in range(len(layout))])
+                         for r in runs]) for key in ("exp_avg", "exp_avg_sq"))
+    dev, dt = runs[0].device, flat.dtype
     cfg = runs[0].cfg
-    pack = Pack(runs, params, buffers, m, v,
+    pack = Pack(runs, flat.requires_grad_(), layout, buffers, m, v,
                 steps=torch.tensor(steps, dtype=torch.float64, device=dev),
                 lr=torch.tensor([r.cfg.train.lr for r in runs], dtype=torch.float64, device=dev),
                 beta=torch.tensor([r.cfg.noise.beta for r in runs], dtype=dt, device=dev),
-                active=[True] * len(runs), device=dev)
+                active=[True] * G, device=dev)
     with torch.device("meta"):
         template = VAE(runs[0].vae.shape, cfg)
     if conv == "matmul":
@@ -195,10 +217,9 @@ def step(pack: Pack, xb: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """One SGVB step of every active member: [G, B, ...] batches -> [G] losses."""
     masked = not all(pack.active)
     saved = {k: b.clone() for k, b in pack.buffers.items()} if masked else None
-    for p in pack.params.values():
-        p.grad = None
+    pack.flat.grad = None
     with autocast(pack.runs[0].cfg, pack.device):
-        loss, xhat = pack.loss_fn(pack.params, pack.buffers, xb, eps, pack.beta)   # [G], [G, B, ...]
+        loss, xhat = pack.loss_fn(pack.views(pack.flat), pack.buffers, xb, eps, pack.beta)
     objective = torch.where(_mask(pack, loss), loss, 0.0) if masked else loss
     objective.sum().backward()                    # members are independent: grad g = d loss_g
     adam(pack)
@@ -227,54 +248,52 @@ def _active(pack: Pack) -> torch.Tensor:
 
 @torch.no_grad()
 def adam(pack: Pack) -> None:
-    """torch.optim.Adam's update (no weight decay, no amsgrad) with per-member lr and step."""
+    """torch.optim.Adam's update (no weight decay, no amsgrad) with per-member lr and step,
+    on the whole [G, P] state at once."""
     b1, b2 = BETAS
     act = _active(pack)
     pack.steps += act.double()
     s = pack.steps.clamp_min(1.0)
-    step_size = pack.lr / (1 - b1 ** s)                                             # [G]
-    bc2_sqrt = (1 - b2 ** s).sqrt()                                                 # [G]
-    masked = not all(pack.active)
-    for n, p in pack.params.items():
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        g = p.grad
-        if masked:
-            g = torch.where(act.view(shape), g, 0.0)
-        m_new = pack.m[n].lerp(g, 1 - b1)
-        v_new = pack.v[n].mul(b2).addcmul_(g, g, value=1 - b2)
-        denom = (v_new.sqrt() / bc2_sqrt.view(shape).to(p.dtype)).add_(EPS)
-        p_new = p - m_new / denom * step_size.view(shape).to(p.dtype)
-        if masked:
-            keep = act.view(shape)
-            m_new, v_new = torch.where(keep, m_new, pack.m[n]), torch.where(keep, v_new, pack.v[n])
-            p_new = torch.where(keep, p_new, p)
-        pack.m[n].copy_(m_new)
-        pack.v[n].copy_(v_new)
-        p.copy_(p_new)
+    step_size = (pack.lr / (1 - b1 ** s)).to(pack.flat.dtype).view(-1, 1)          # [G, 1]
+    bc2_sqrt = (1 - b2 ** s).sqrt().to(pack.flat.dtype).view(-1, 1)                # [G, 1]
+    p, g = pack.flat, pack.flat.grad
+    if not all(pack.active):
+        keep = act.view(-1, 1)
+        g = torch.where(keep, g, 0.0)
+        m_new, v_new = pack.m.lerp(g, 1 - b1), pack.v.mul(b2).addcmul_(g, g, value=1 - b2)
+        p_new = p - m_new / (v_new.sqrt() / bc2_sqrt).add_(EPS) * step_size
+        pack.m.copy_(torch.where(keep, m_new, pack.m))
+        pack.v.copy_(torch.where(keep, v_new, pack.v))
+        p.copy_(torch.where(keep, p_new, p))
+        return
+    pack.m.lerp_(g, 1 - b1)
+    pack.v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    denom = pack.v.sqrt().div_(bc2_sqrt).add_(EPS)                # one [G, P] temporary
+    p.sub_(torch.div(pack.m, denom, out=denom).mul_(step_size))   # p - lr_t * m / denom
 
 
 def finite(pack: Pack) -> list[bool]:
     """Per member: every weight finite."""
-    ok = torch.stack([p.detach().flatten(1).isfinite().all(1) for p in pack.params.values()])
-    return ok.all(0).tolist()
+    return pack.flat.detach().isfinite().all(1).tolist()
 
 
 @torch.no_grad()
 def poison(pack: Pack, g: int) -> None:
     """Fault injection: member g's first weight becomes NaN (as `train._timed_epoch` does)."""
-    next(iter(pack.params.values()))[g].view(-1)[0] = float("nan")
+    pack.flat[g, 0] = float("nan")
 
 
 @torch.no_grad()
 def sync(pack: Pack, g: int) -> Run:
     """Member g's weights, noise parameters and Adam state back into its own Run."""
     run = pack.runs[g]
+    params, m, v = pack.params, pack.views(pack.m), pack.views(pack.v)
     for n, p in run.vae.named_parameters():
-        p.copy_(pack.params[n][g])
+        p.copy_(params[n][g])
         if pack.steps[g] > 0:
             run.opt.state[p] = {"step": torch.tensor(float(pack.steps[g])),
-                                "exp_avg": pack.m[n][g].clone(),
-                                "exp_avg_sq": pack.v[n][g].clone()}
+                                "exp_avg": m[n][g].clone(),
+                                "exp_avg_sq": v[n][g].clone()}
     for n, b in run.vae.named_buffers():
         b.copy_(pack.buffers[n][g])
     return run
