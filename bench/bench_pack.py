@@ -133,8 +133,8 @@ def main() -> None:
     for G, alone, packed in rows:
         print(f"{G:>4}{alone:>14,.0f} img/s{packed:>6,.0f} img/s{packed / alone:>13.2f}x")
     print("target: >= 1.2x at G = 8")
-    print(f"\ncost of a step at batch {TINY_B}: operator dispatch and Adam's pass over the weights, "
-          f"not convolution flops (median of {a.reps}):")
+    print(f"\ncost of a step at batch {TINY_B}: operator dispatch and Adam's pass over the "
+          f"weights, not convolution flops (median of {a.reps}):")
     cost = host_cost(a.sizes, max(a.steps, 10), a.reps)
     print(f"{'':<12}{'ms/step':>9}{'ops/step':>10}{'vs 1 trial':>12}{'per member':>12}")
     base_ms = cost[0][1]

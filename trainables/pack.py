@@ -196,7 +196,7 @@ def _updates_after_step(noise: NoiseModel) -> bool:
 
 
 def train_epoch(pack: Pack, x: torch.Tensor) -> torch.Tensor:
-    """One pass over the shared training tensor; each member its own order. Returns [G] mean losses."""
+    """One pass over the shared training tensor, each member in its own order: [G] mean losses."""
     N, B = x.shape[0], pack.runs[0].cfg.train.batch_size
     H = pack.runs[0].cfg.model.latent_dim
     idle = torch.arange(N, device=pack.device)
@@ -204,7 +204,7 @@ def train_epoch(pack: Pack, x: torch.Tensor) -> torch.Tensor:
                          for r, a in zip(pack.runs, pack.active)])                  # [G, N]
     total = torch.zeros(pack.G, dtype=torch.float64, device=pack.device)
     for i in range(0, N, B):
-        xb = as_float(x[perms[:, i:i + B]])                                         # [G, B, C, H, W]
+        xb = as_float(x[perms[:, i:i + B]])                                 # [G, B, C, H, W]
         b = xb.shape[1]
         eps = torch.stack([torch.randn(b, H, generator=r.gen, device=pack.device)
                            if a else torch.zeros(b, H, device=pack.device)
