@@ -21,7 +21,8 @@ by `test_generated_config_differs_only_where_stated`):
     `ray` and `vaestudy` run the host venv's Python, whose workers import the
     checkout's code) and the `[default]` extras (aiohttp etc., 110 MB in all,
     downloaded once into VAESTUDY_WHEELHOUSE, default ~/.cache/vaestudy/cluster-wheels);
-  - data: the MNIST files on disk (VAESTUDY_MNIST) are a file_mount at
+  - data: the MNIST files on disk (VAESTUDY_MNIST, else ../shared/data/mnist, else the
+    1,000-image slice in tests/data/mnist) are a file_mount at
     ~/data/mnist, so the shipped setup command's load_mnist(download=True)
     finds them and downloads nothing.
 
@@ -67,6 +68,8 @@ HEAD_IP, WORKER_IP = f"{onprem.NET}.2", f"{onprem.NET}.3"
 WHEELHOUSE = Path(os.environ.get("VAESTUDY_WHEELHOUSE", "~/.cache/vaestudy/cluster-wheels")
                   ).expanduser()
 MNIST = Path(os.environ.get("VAESTUDY_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
+if not (MNIST / "t10k-images-idx3-ubyte.gz").exists():
+    MNIST = ROOT / "tests" / "data" / "mnist"   # the shipped slice: a clone alone runs this test
 BUCKET = "vaestudy"
 STORAGE = f"s3://{BUCKET}/studies"
 DIFFERENCES = {
