@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -40,7 +41,11 @@ sys.path.insert(0, str(ROOT))
 from trainables import data as datasets, indicators, train  # noqa: E402
 from trainables.config import DatasetConfig, TrialConfig  # noqa: E402
 
-MNIST = ROOT.parent / "shared" / "data" / "mnist"
+# the real MNIST test set ($VAESTUDY_MNIST, ../shared), else the 1,000-image slice shipped
+# for the tests (a clean clone: the smoke test's figures then come from 1,000 images)
+MNIST = next((p for p in (os.environ.get("VAESTUDY_MNIST"), ROOT.parent / "shared" / "data"
+                          / "mnist") if p and (Path(p) / "t10k-images-idx3-ubyte.gz").exists()),
+             ROOT / "tests" / "data" / "mnist")
 EPOCH_IMAGES = 60_000                 # one MNIST epoch, for the indicator fraction
 EVAL_POINTS, H = 10_000, 128          # App. D: indicators on up to 10,000 points
 SIGMA2, BATCH, LR, SEED = 0.01, 100, 1e-3, 0
