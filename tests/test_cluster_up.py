@@ -315,6 +315,10 @@ def machine(request):
                     "iproute2 (.ci/run does)")
     if not MNIST.is_dir():
         pytest.skip(f"no MNIST files at {MNIST} (set VAESTUDY_MNIST)")
+    shown = [p for p in (sys.prefix, ROOT, MNIST) if Path(p).resolve().is_relative_to("/tmp")]
+    if shown:
+        pytest.fail(f"{shown[0]} is under /tmp, which every host of the cluster has its own of: "
+                    "run the test from a checkout and venv outside /tmp")
     base = Path(tempfile.mkdtemp(prefix="vaestudy-onprem-", dir="/var/tmp"))
     m = Machine(base)
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
