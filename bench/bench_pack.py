@@ -85,7 +85,7 @@ def throughput(sizes, steps, reps) -> list[tuple[int, float, float]]:
         alone, packed = [], []
         for _ in range(reps):
             alone.append(time_alone(G, cpu, steps, warmup=2))
-            packed.append(time_pack(G, cpu, steps, warmup=2))
+            packed.append(time_pack(G, cpu, steps, warmup=2)[0])
         out.append((G, statistics.median(alone), statistics.median(packed)))
         print(f"  G={G}: {out[-1][1]:.0f} vs {out[-1][2]:.0f} images/s", flush=True)
     return out

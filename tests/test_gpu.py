@@ -7,6 +7,7 @@ import torch
 
 from conftest import GPU_DRY_RUN, Interrupt, stop_at, tiny
 from trainables import data as datasets
+from trainables import pack as packing
 from trainables.config import TrialConfig
 from trainables.pack_run import run_pack
 from trainables.store import ResultStore
@@ -100,3 +101,21 @@ def test_trials_share_a_gpu_under_ray(tmp_path):
         assert packed.counts["completed"] == 4
     finally:
         ray.shutdown()
+
+
+def test_a_pack_on_the_gpu_times_both_convolution_layouts_and_they_agree():
+    """conv="auto" (the default) times grouped and matmul convolutions on the pack's own
+    shapes and keeps the faster; either layout trains the same numbers (TF32 rounding)."""
+    cfgs = [_cfg(**{"train.seed": s, "noise.sigma2": s2}) for s, s2 in ((0, 0.01), (1, 0.05))]
+    d = datasets.load(cfgs[0].dataset)
+    shape, x = tuple(d.x.shape[1:]), d.x.to(CUDA)
+    packs = {c: packing.stack([build(cf, shape, torch.device(CUDA)) for cf in cfgs], conv=c)
+             for c in ("auto", "grouped", "matmul")}
+    auto = packs["auto"]
+    assert auto.conv in packing.CONVS
+    if not GPU_DRY_RUN:
+        assert set(auto.conv_ms) == set(packing.CONVS) and min(auto.conv_ms.values()) > 0
+    losses = {c: packing.train_epoch(p, x) for c, p in packs.items()}
+    assert torch.isfinite(losses["auto"]).all()
+    torch.testing.assert_close(losses["matmul"], losses["grouped"], rtol=1e-2, atol=1e-6)
+    torch.testing.assert_close(losses["auto"], losses[auto.conv], rtol=1e-2, atol=1e-6)

@@ -10,6 +10,7 @@ from trainables.config import TrialConfig
 from trainables.pack_run import pack_id, run_pack, shared_key
 from trainables.store import ResultStore
 from trainables.train import build, run_trial, set_generator
+from trainables.vae import VAE
 
 QUIET = dict(log=lambda s: None)
 COLS = ("evlb", "recon_mse", "sigma2", "kl_post_prior", "mi_xz", "kl_qz_pz", "kl_qstar_pz",
@@ -174,5 +175,28 @@ def test_matmul_convolutions_train_a_pack_as_the_grouped_ones_do(float64, arch, 
     assert losses["matmul"] == pytest.approx(losses["grouped"], rel=1e-10)
     for n, p in packs["grouped"].params.items():
         torch.testing.assert_close(packs["matmul"].params[n], p, rtol=1e-9, atol=1e-12)
-    with pytest.raises(ValueError, match="conv: 'fft'; allowed: matmul, grouped"):
+    with pytest.raises(ValueError, match="conv: 'fft'; allowed: auto, grouped, matmul"):
         pack("fft")
+
+
+def test_pick_conv_times_both_layouts_and_leaves_the_members_untouched():
+    """conv="auto" on a GPU keeps the faster layout, timed on copies: the members' weights,
+    EM parameters, Adam state and generators are those of a pack that was never timed.
+    On a CPU "auto" is grouped, untimed."""
+    runs = [build(c, (1, 28, 28), torch.device("cpu")) for c in _cfgs("mog")]
+    pk = packing.stack(runs, conv="auto")
+    assert (pk.conv, pk.conv_ms) == ("grouped", {})
+    before = (pk.flat.detach().clone(), {k: b.clone() for k, b in pk.buffers.items()},
+              pk.m.clone(), pk.v.clone(), pk.steps.clone(), [r.gen.get_state() for r in runs])
+    fns = {c: packing._loss_fn(VAE((1, 28, 28), runs[0].cfg).to("meta"), c)
+           for c in packing.CONVS}
+    best, ms = packing.pick_conv(pk, fns, warmup=1, reps=2)
+    assert set(ms) == {"grouped", "matmul"} and all(t > 0 for t in ms.values())
+    assert best == min(ms, key=ms.get)
+    assert pk.flat.grad is None
+    torch.testing.assert_close(pk.flat.detach(), before[0], rtol=0, atol=0)
+    for k, b in pk.buffers.items():
+        torch.testing.assert_close(b, before[1][k], rtol=0, atol=0)
+    for t, b in zip((pk.m, pk.v, pk.steps), before[2:5]):
+        torch.testing.assert_close(t, b, rtol=0, atol=0)
+    assert all(torch.equal(r.gen.get_state(), g) for r, g in zip(runs, before[5]))

@@ -16,9 +16,15 @@ counts. A member that is not `active` (diverged, finished) is masked out of the
 loss and of every update. `sync(pack, g)` copies member g back into its `Run`
 (weights, noise, Adam state in torch.optim.Adam's format) for evaluation and
 checkpoints, so everything after a step is the unpacked trial's own code.
+Under vmap a convolution with [G, ...] weights is one grouped convolution; a pack may
+run them instead as im2col + one bmm over members (`conv`), on a GPU whichever its
+first passes time faster (`pick_conv`).
 """
 from __future__ import annotations
 
+import copy
+import statistics
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -74,6 +80,7 @@ class _MatmulConvTranspose2d(nn.ConvTranspose2d):
         return out + self.bias.view(1, -1, 1, 1)
 
 
+CONVS = ("grouped", "matmul")
 MATMUL = {nn.Conv2d: _MatmulConv2d, nn.ConvTranspose2d: _MatmulConvTranspose2d}
 
 
@@ -114,6 +121,8 @@ class Pack:
     beta: torch.Tensor                   # [G] weight of the KL term
     active: list[bool]
     loss_fn: object = None               # vmapped (possibly compiled) member loss
+    conv: str = "grouped"                # how the convolutions run: grouped or matmul
+    conv_ms: dict = field(default_factory=dict)  # pick_conv's timings (ms per pass), if any
     after_fn: object = None              # vmapped noise update after the step, or None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _active_t: torch.Tensor | None = None
@@ -136,12 +145,17 @@ class Pack:
         return self.views(self.flat.detach())
 
 
-def stack(runs: list[Run], conv: str = "grouped") -> Pack:
+def stack(runs: list[Run], conv: str = "auto") -> Pack:
     """Stack the members' state; each run keeps its own generator for batches and eps.
     The weights live in one [G, P] tensor, so Adam is a dozen whole-pack operations
     whatever the number of weight tensors (on a GPU, kernel launches, not flops, bound
     a step of small models). conv: "grouped" (vmap's rule for a convolution with a
-    batched weight) or "matmul" (im2col + one bmm over members)."""
+    batched weight: one convolution with groups = G), "matmul" (im2col + one bmm over
+    members) or "auto": on a GPU the faster of the two for this pack, timed on a few
+    forward and backward passes (`pick_conv`); on a CPU "grouped" (matmul is 0.4x there).
+    Both compute the same numbers (tests/test_pack.py, float64)."""
+    if conv not in CONVS + ("auto",):
+        raise ValueError(f"conv: {conv!r}; allowed: auto, {', '.join(CONVS)}")
     G = len(runs)
     named = [list(r.vae.named_parameters()) for r in runs]
     layout, o = [], 0
@@ -166,17 +180,57 @@ def stack(runs: list[Run], conv: str = "grouped") -> Pack:
                 active=[True] * G, device=dev)
     with torch.device("meta"):
         template = VAE(runs[0].vae.shape, cfg)
-    if conv == "matmul":
-        _matmul_convs(template)
-    elif conv != "grouped":
-        raise ValueError(f"conv: {conv!r}; allowed: matmul, grouped")
-    loss_fn = vmap(lambda p, b, x, e, beta: functional_call(_Method(template, _loss),
-                                                           _prefix(p, b), (x, e, beta)))
-    pack.loss_fn = torch.compile(loss_fn) if cfg.train.compile else loss_fn
+    fns = {c: _loss_fn(template, c) for c in ((conv,) if conv in CONVS else CONVS)}
+    if conv == "auto":
+        conv, pack.conv_ms = ("grouped", {}) if dev.type == "cpu" else pick_conv(pack, fns)
+    pack.conv = conv
+    pack.loss_fn = torch.compile(fns[conv]) if cfg.train.compile else fns[conv]
     if _updates_after_step(template.noise):
         pack.after_fn = vmap(lambda b, x, xh: functional_call(_Method(template, _after_step),
                                                              _prefix({}, b), (x, xh)))
     return pack
+
+
+def _loss_fn(template: VAE, conv: str):
+    """The members' loss, vmapped over [G, ...] weights, buffers, batches, eps and beta."""
+    if conv == "matmul":
+        template = _matmul_convs(copy.deepcopy(template))
+    return vmap(lambda p, b, x, e, beta: functional_call(_Method(template, _loss),
+                                                         _prefix(p, b), (x, e, beta)))
+
+
+def pick_conv(pack: Pack, fns: dict, warmup: int = 3, reps: int = 5) -> tuple[str, dict]:
+    """The convolution layout whose forward and backward pass of this pack is faster:
+    (name, {name: median ms}). Timed on constant batches of the pack's shape, on copies of
+    its weights and noise parameters: the members' state and generators are untouched.
+    As cudnn.benchmark does for algorithms, a GPU run may pick differently from the next;
+    the layouts give the same numbers up to rounding."""
+    run = pack.runs[0]
+    B, H = run.cfg.train.batch_size, run.cfg.model.latent_dim
+    x = torch.full((pack.G, B, *run.vae.shape), 0.5, dtype=pack.flat.dtype, device=pack.device)
+    eps = torch.zeros(pack.G, B, H, dtype=pack.flat.dtype, device=pack.device)
+    flat = pack.flat.detach().clone().requires_grad_()
+    ms = {}
+    for name, fn in fns.items():
+        buffers = {k: b.clone() for k, b in pack.buffers.items()}     # EM updates them in place
+        times = []
+        for i in range(warmup + reps):
+            _sync(pack.device)
+            t0 = time.perf_counter()
+            with autocast(run.cfg, pack.device):
+                loss, _ = fn(pack.views(flat), buffers, x, eps, pack.beta)
+            loss.sum().backward()
+            _sync(pack.device)
+            flat.grad = None
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+        ms[name] = statistics.median(times)
+    return min(ms, key=ms.get), ms
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _moment(run: Run, i: int, key: str) -> torch.Tensor:

@@ -89,6 +89,9 @@ def _train(todo, store, report, log, node, name) -> dict[str, dict]:
                for (cfg, tid, _), n in zip(todo, nodes)]
     log(f"[{name}] {len(members)} members: {', '.join(m.trial_id for m in members)}")
     pk = packing.stack([m.run for m in members])
+    if pk.conv_ms:
+        log(f"[{name}] convolutions {pk.conv}: " + ", ".join(
+            f"{c} {ms:.2f} ms" for c, ms in pk.conv_ms.items()) + " per forward and backward pass")
     for g, m in enumerate(members):                  # resumed at its last epoch already
         if m.run.epoch >= m.run.cfg.train.epochs:
             _complete(pk, g, m, store, test)

@@ -63,6 +63,8 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and torch.cuda.get_device_capability()[0] >= 8:
         torch.backends.cuda.matmul.allow_tf32 = True     # Ampere and newer: TF32 matmuls
         torch.backends.cudnn.allow_tf32 = True           # and convolutions
+    if name == "cuda":                                   # a trial's shapes are fixed: time
+        torch.backends.cudnn.benchmark = True            # cuDNN's algorithms once per shape
     return torch.device(name)
 
 
