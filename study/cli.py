@@ -69,6 +69,11 @@ def load_spec(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args)
+    if spec.search:                       # resume reads a recorded spec: not refused there
+        from study.optuna_storage import refuse_password
+        from study.search import parse_search
+
+        refuse_password(parse_search(spec).storage)
     return _run(spec, spec.storage, args.address, resume=False, report=not args.no_report)
 
 

@@ -11,7 +11,11 @@
       never leaves Parquet rows of a trial Optuna forgot: a trial reaches Tune only after
       its ask is mirrored.
   an RDB URL (postgresql://user@host/db, ...)  the study lives in that database. A plain
-      postgresql:// URL uses psycopg 3 when psycopg2 is not installed.
+      postgresql:// URL uses psycopg 3 when psycopg2 is not installed. study.json records
+      the spec, and may sit on shared object storage, so a new study's URL may not hold a
+      password: `${VAR}` in the URL is read from the driver's environment when it connects
+      (postgresql://vae:${PGPASS}@host/db), and libpq reads PGPASSWORD and ~/.pgpass when
+      the URL has no password at all.
 
 `check` opens nothing on storage and runs before Ray starts: a missing driver or an
 unreachable database is one line and exit 2.
@@ -27,6 +31,7 @@ from study.inputs import UsageError
 from trainables.store import ResultStore
 
 PIECE = re.compile(r"(\d{15})\.log$")
+ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def driver_dir(store: ResultStore) -> Path:
@@ -48,9 +53,47 @@ class Storage:
             self.mirror.sync()
 
 
+def refuse_password(setting: str) -> None:
+    """A new study's storage URL holds no literal password (study.json would record it);
+    `${VAR}` in its place is fine. Studies recorded before this rule still resume."""
+    pw = None if setting == "local" else _password(setting)
+    if pw is not None and not ENV_VAR.fullmatch(pw):
+        raise UsageError(
+            f"search.optuna.storage: {_safe(setting)} holds a password, which study.json would "
+            "record; allowed: ${VAR} in its place, read from the driver's environment "
+            "(postgresql://user:${PGPASS}@host/db), or no password and PGPASSWORD or "
+            "~/.pgpass, which libpq reads")
+
+
+def _password(url: str) -> str | None:
+    """The URL's password as written (a ${VAR} kept as such), or None."""
+    from sqlalchemy.engine import make_url
+
+    try:                                    # ${...} marked, so the URL parser sees a word
+        pw = make_url(ENV_VAR.sub(lambda m: f"__env_{m[1]}__", url)).password
+    except Exception:                       # not a URL SQLAlchemy parses: the driver says so
+        return None
+    return None if pw is None else re.sub(r"__env_([A-Za-z_]\w*)__",
+                                          lambda m: "${" + m[1] + "}", pw)
+
+
+def expand(setting: str) -> str:
+    """The URL with each ${VAR} replaced from the environment, URL-encoded as a password
+    must be (so '@', ':' and '/' in it are safe); an unset one is one line."""
+    from urllib.parse import quote
+
+    def value(m: re.Match) -> str:
+        if m[1] not in os.environ:
+            raise UsageError(f"search.optuna.storage: ${{{m[1]}}} is not set in the driver's "
+                             f"environment; allowed: export {m[1]}=... before vaestudy runs")
+        return quote(os.environ[m[1]], safe="")
+
+    return ENV_VAR.sub(value, setting)
+
+
 def open_storage(setting: str, store: ResultStore) -> Storage:
     if setting != "local":
-        url = rdb_url(setting)
+        url = rdb_url(expand(setting))
         return Storage(url, _safe(url))
     if store.local:
         return Storage(f"sqlite:///{store.path('optuna.db')}", store.path("optuna.db"))
@@ -66,7 +109,7 @@ def check(setting: str) -> None:
         return
     import sqlalchemy
 
-    url = rdb_url(setting)
+    url = rdb_url(expand(setting))
     args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
     try:
         engine = sqlalchemy.create_engine(url, connect_args=args)

@@ -84,13 +84,58 @@ def test_unreachable_postgres_is_one_line_before_anything_is_written(capsys, tmp
 def test_postgres_url_without_a_driver_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "psycopg", None)      # neither driver importable
     monkeypatch.setitem(sys.modules, "psycopg2", None)
+    monkeypatch.setenv("VAESTUDY_TEST_PGPASS", "hunter2")
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({**SEARCH, "search": {"optuna": {
-        "storage": "postgresql://u:pw@127.0.0.1:1/db"}}}))
+        "storage": "postgresql://u:${VAESTUDY_TEST_PGPASS}@127.0.0.1:1/db"}}}))
     assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'vaestudy[postgres]'" in err, err
-    assert "pw" not in err and not (tmp_path / "out").exists()
+    assert "hunter2" not in err and not (tmp_path / "out").exists()
+
+
+def _secret_anywhere(root: Path, secret: bytes) -> list[str]:
+    return [str(f) for f in root.rglob("*") if f.is_file() and secret in f.read_bytes()]
+
+
+@pytest.mark.slow
+def test_a_search_takes_its_postgres_password_from_the_environment_never_records_it(
+        postgres, tmp_path, monkeypatch, capsys):
+    """The role needs its password (scram-sha-256); the spec names it ${VAR}. A literal
+    password, an unset or a wrong variable are each one line, exit 2, nothing written."""
+    from urllib.parse import quote
+
+    pw = postgres.PASSWORD
+    base = f"postgresql://{postgres.USER}:{{}}@127.0.0.1:{postgres.port}/{postgres.USER}"
+    spec = tmp_path / "s.yaml"
+    out, tune = tmp_path / "out", tmp_path / "tune"
+    monkeypatch.setenv("VAESTUDY_TUNE_DIR", str(tune))
+
+    def run(storage):
+        spec.write_text(yaml.safe_dump({**SEARCH, "num_samples": 2, "train": {"epochs": 2},
+                                        "search": {"optuna": {"storage": storage}}}))
+        rc = main(["run", str(spec), "--out", str(out), "--no-report"])
+        return rc, capsys.readouterr().err
+
+    rc, err = run(base.format(quote(pw, safe="")))
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "holds a password, which study.json would record" in err and pw not in err
+    rc, err = run(base.format("${VAESTUDY_TEST_PGPASS}"))
+    assert rc == 2 and "${VAESTUDY_TEST_PGPASS} is not set" in err and err.count("\n") == 1
+    monkeypatch.setenv("VAESTUDY_TEST_PGPASS", "not-" + pw)
+    rc, err = run(base.format("${VAESTUDY_TEST_PGPASS}"))
+    assert rc == 2 and "cannot connect to" in err and "password authentication failed" in err
+    assert "not-" + pw not in err and not out.exists()
+
+    monkeypatch.setenv("VAESTUDY_TEST_PGPASS", pw)          # '@', ':', '/' URL-encoded
+    rc, err = run(base.format("${VAESTUDY_TEST_PGPASS}"))
+    assert rc == 0, err[-3000:]
+    study = optuna.load_study(study_name="pg", storage=base.format(quote(pw, safe="")))
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials()) == 2
+    meta = json.loads((out / "pg" / "study.json").read_text())
+    assert meta["spec"]["search"]["optuna"]["storage"] == base.format("${VAESTUDY_TEST_PGPASS}")
+    assert _secret_anywhere(out, pw.encode()) == [] and _secret_anywhere(tune, pw.encode()) == []
+    assert main(["resume", str(out / "pg"), "--no-report"]) == 0   # the recorded ${VAR} again
 
 
 def test_journal_mirror_uploads_each_write_once_and_restores_the_study(tmp_path):

@@ -189,6 +189,8 @@ def s3(s3_server, monkeypatch):
 
 # ---- PostgreSQL: a throwaway server ---------------------------------------------------
 class Postgres:
+    USER, PASSWORD = "vae", "pw:with@odd/chars"    # a role only its password lets in
+
     def __init__(self, procs: Procs):
         if not (PG_BIN / "initdb").exists():
             pytest.skip(f"no PostgreSQL binaries in {PG_BIN} (apt-get install postgresql)")
@@ -199,12 +201,21 @@ class Postgres:
         self.port = free_port()
         procs.run([str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "-A", "trust",
                    "-U", "postgres"], "initdb", user="postgres", cwd=self.dir, timeout=120)
+        hba = self.dir / "data" / "pg_hba.conf"          # first match wins: USER needs its password
+        hba.write_text(f"host all {self.USER} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         self.proc = procs.start([str(PG_BIN / "postgres"), "-D", str(self.dir / "data"),
                                  "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
                                  "-k", str(self.dir), "-c", "fsync=off"], "postgres",
                                 user="postgres", cwd=self.dir)
         wait_port(self.port)
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        # a role that must give its password (scram-sha-256 over TCP), with its own database
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres",
+                             autocommit=True) as c:
+            c.execute(f"CREATE ROLE {self.USER} LOGIN PASSWORD '{self.PASSWORD}'")
+            c.execute(f"CREATE DATABASE {self.USER} OWNER {self.USER}")
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
