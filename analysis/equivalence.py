@@ -5,8 +5,9 @@
   Procrustes fit and by the best signed permutation, each fitted on one half of the
   points and scored (R^2) on the other; the same on row-shuffled pairs (the null:
   unrelated codes); per configuration the mean Procrustes-minus-permutation
-  difference with a 95% t-interval over seed pairs, and a verdict only where the
-  interval of its excess over the null excludes 0 (`seed_agreement`);
+  difference over seed pairs with a 95% interval over seeds (pairs sharing a seed
+  are not independent: a leave-one-seed-out jackknife, `stats.pair_interval`), and
+  a verdict only where the interval of its excess over the null excludes 0 (`seed_agreement`);
 - against ground truth (data with known factors): R^2 of the best linear map from
   the used factors to the true ones, and the axis alignment of the fitted rotation;
 - the Higgins et al. metric per trial, and under random rotations of its used
@@ -57,12 +58,20 @@ def _matrix(lists: list) -> np.ndarray:
     return np.asarray(lists, dtype=np.float64)
 
 
+MAX_SEEDS = 20          # seed pairs per configuration: among its first 20 seeds (190 pairs)
+
+
+def _arrays(row: dict) -> dict:
+    """A trial's codes as arrays, converted once for all its pairs."""
+    return {**row, "mu": np.asarray(row["mu"], dtype=np.float64),
+            "index": np.asarray(row["index"])}
+
+
 def _common(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
     """Used-factor means of two trials on the evaluation points both hold ([M, Ka], [M, Kb])."""
-    pos_b = {ix: i for i, ix in enumerate(b["index"])}
-    ia = [i for i, ix in enumerate(a["index"]) if ix in pos_b]
-    ib = [pos_b[a["index"][i]] for i in ia]
-    ma, mb = _matrix(a["mu"])[ia], _matrix(b["mu"])[ib]
+    _, ia, ib = np.intersect1d(a["index"], b["index"], assume_unique=True, return_indices=True)
+    order = np.argsort(ia)                         # in a's point order
+    ma, mb = a["mu"][ia[order]], b["mu"][ib[order]]
     return ma[:, a["used_idx"] or []], mb[:, b["used_idx"] or []]
 
 
@@ -79,12 +88,15 @@ def pair_scores(za: np.ndarray, zb: np.ndarray, seed: int = 0) -> dict:
     return out
 
 
-def seed_pairs(per_trial: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
+def seed_pairs(per_trial: pl.DataFrame, seed: int = 0, max_seeds: int = MAX_SEEDS) -> pl.DataFrame:
     """Held-out Procrustes vs signed-permutation R^2 (and the null's) for every pair of seeds
-    of one configuration."""
+    of one configuration, among its first `max_seeds` seeds (pairs grow as seeds squared;
+    20 seeds give 190 pairs, plenty for the interval over seeds)."""
     rows = []
     for (key,), group in per_trial.group_by("config_key", maintain_order=True):
-        for a, b in combinations(group.iter_rows(named=True), 2):
+        first = sorted(set(group["seed"].to_list()))[:max_seeds]
+        group = group.filter(pl.col("seed").is_in(first))
+        for a, b in combinations([_arrays(r) for r in group.iter_rows(named=True)], 2):
             if a["seed"] == b["seed"]:
                 continue
             za, zb = _common(a, b)
@@ -111,26 +123,30 @@ def verdict(excess: tuple, perm_excess: tuple) -> str:
 
 
 def seed_agreement(pairs: pl.DataFrame) -> pl.DataFrame:
-    """Per configuration: n seed pairs, the held-out Procrustes-minus-permutation difference
-    (mean and 95% t-interval), the null's mean difference, and the verdict."""
+    """Per configuration: n seeds and their pairs, the held-out Procrustes-minus-permutation
+    difference (mean over pairs, 95% interval over seeds: `stats.pair_interval`), the null's
+    mean difference, and the verdict."""
     rows = []
     for (key,), g in pairs.drop_nulls("procrustes_r2").group_by("config_key",
                                                                 maintain_order=True):
-        diff = (g["procrustes_r2"] - g["permutation_r2"]).to_list()
-        null = (g["null_procrustes_r2"] - g["null_permutation_r2"]).to_list()
-        excess = stats.t_interval([d - n for d, n in zip(diff, null)])
-        perm = stats.t_interval((g["permutation_r2"] - g["null_permutation_r2"]).to_list())
-        m, lo, hi, n = stats.t_interval(diff)
-        rows.append({"config_key": key, "pairs": n,
+        sa, sb = g["seed_a"].to_numpy(), g["seed_b"].to_numpy()
+        diff = (g["procrustes_r2"] - g["permutation_r2"]).to_numpy()
+        null = (g["null_procrustes_r2"] - g["null_permutation_r2"]).to_numpy()
+        excess = stats.pair_interval(diff - null, sa, sb)
+        perm = stats.pair_interval((g["permutation_r2"] - g["null_permutation_r2"]).to_numpy(),
+                                   sa, sb)
+        m, lo, hi, n = stats.pair_interval(diff, sa, sb)
+        rows.append({"config_key": key, "seeds": n, "pairs": g.height,
                      "procrustes_r2": g["procrustes_r2"].mean(),
                      "permutation_r2": g["permutation_r2"].mean(),
                      "diff_mean": m, "diff_low": lo, "diff_high": hi,
                      "null_diff_mean": float(np.mean(null)),
                      "excess_low": excess[1], "excess_high": excess[2],
                      "verdict": verdict(excess, perm)})
-    schema = {"config_key": pl.String, "pairs": pl.Int64, "procrustes_r2": pl.Float64,
-              "permutation_r2": pl.Float64, "diff_mean": pl.Float64, "diff_low": pl.Float64,
-              "diff_high": pl.Float64, "null_diff_mean": pl.Float64, "excess_low": pl.Float64,
+    schema = {"config_key": pl.String, "seeds": pl.Int64, "pairs": pl.Int64,
+              "procrustes_r2": pl.Float64, "permutation_r2": pl.Float64,
+              "diff_mean": pl.Float64, "diff_low": pl.Float64, "diff_high": pl.Float64,
+              "null_diff_mean": pl.Float64, "excess_low": pl.Float64,
               "excess_high": pl.Float64, "verdict": pl.String}
     return pl.DataFrame(rows, schema=schema).with_columns(pl.col(pl.Float64).fill_nan(None))
 

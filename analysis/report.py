@@ -249,12 +249,12 @@ def _overview(study: str, t: figures.Tables, spec: dict | None, opts: Options) -
 
 def _agreement_view(table: pl.DataFrame, L: dict) -> pl.DataFrame:
     c = pl.col
-    diff = pl.struct(m=c("diff_mean"), lo=c("diff_low"), hi=c("diff_high"), n=c("pairs"))
+    diff = pl.struct(m=c("diff_mean"), lo=c("diff_low"), hi=c("diff_high"), n=c("seeds"))
     show = diff.map_elements(lambda r: stats.fmt(r["m"], None if r["lo"] is None else
                                                  (r["hi"] - r["lo"]) / 2, r["n"]),
                              return_dtype=pl.String)
     return _labelled(table, L).select(
-        "configuration", "pairs", c("procrustes_r2").alias("Procrustes R²"),
+        "configuration", "seeds", "pairs", c("procrustes_r2").alias("Procrustes R²"),
         c("permutation_r2").alias("permutation R²"), show.alias("difference"),
         c("null_diff_mean").alias("null difference"),
         c("verdict").replace("", "— (interval includes the null)").alias("verdict"))
@@ -267,9 +267,12 @@ def _equivalence(t: figures.Tables, opts: Options = Options()) -> list[tuple]:
         ("p", "Pairs of seeds of one configuration: their used factors aligned by an orthogonal "
               "Procrustes fit and by the best signed permutation, each fitted on half of the "
               "evaluation points and scored (R²) on the other half. The null is the same pair "
-              "with one trial's points shuffled (unrelated codes). A verdict is stated only where "
-              "the 95% t-interval (over seed pairs) of the difference's excess over the null "
-              "excludes 0."),
+              "with one trial's points shuffled (unrelated codes). Means are over the pairs; "
+              "intervals are over the seeds (n = seeds), because pairs that share a seed are "
+              "not independent: 95%, Student's t on the leave-one-seed-out jackknife's "
+              "standard error. Pairs are taken among the first 20 seeds of a configuration. A "
+              "verdict is stated only where the interval of the difference's excess over the "
+              "null excludes 0."),
         ("table", _agreement_view(t.get("seed_agreement"), L)),
         ("h", 3, "Against the ground-truth factors (held out)"),
         ("table", _labelled(t.get("ground_truth"), L))]

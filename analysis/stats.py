@@ -1,7 +1,8 @@
 """Means with t-based 95% confidence intervals, and how the report writes them.
 
-Seeds and seed pairs are few (one to ten), so intervals use Student's t with
-n - 1 degrees of freedom. Where n < 3 the report shows the mean and n and no
+Seeds are few (one to ten), so intervals use Student's t with n - 1 degrees of
+freedom; a quantity measured on pairs of seeds gets its interval over the seeds
+(`pair_interval`), not over the pairs, which are not independent. Where n < 3 the report shows the mean and n and no
 interval: a "± 0" from one seed, or an interval from two, says more than the
 data do.
 """
@@ -29,6 +30,32 @@ def t_interval(values, level: float = LEVEL) -> tuple[float, float, float, int]:
         return m, math.nan, math.nan, n
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
     return m, m - half, m + half, n
+
+
+def pair_interval(values, seed_a, seed_b, level: float = LEVEL) -> tuple[float, float, float, int]:
+    """(mean, low, high, seeds) of a quantity measured on pairs of seeds. The mean over all
+    pairs is a U-statistic; pairs that share a seed are not independent, so a t-interval
+    over the pairs would be too narrow (with 5 seeds, 10 pairs but 5 independent units).
+    The interval is the mean +- t(s - 1) * the leave-one-seed-out jackknife standard error
+    (Arvesen 1969): over s seeds, var = (s - 1) / s * sum_i (mean without seed i - their
+    mean)^2. low/high NaN with fewer than 3 seeds."""
+    v, a, b = (np.asarray(x) for x in (values, seed_a, seed_b))
+    ok = np.array([x is not None and math.isfinite(x) for x in v], dtype=bool)
+    v, a, b = v[ok].astype(float), a[ok], b[ok]
+    seeds = np.unique(np.concatenate([a, b]))
+    s = len(seeds)
+    if len(v) == 0:
+        return math.nan, math.nan, math.nan, 0
+    m = float(v.mean())
+    if s < 3:
+        return m, math.nan, math.nan, s
+    loo = np.array([v[(a != i) & (b != i)].mean() if ((a != i) & (b != i)).any() else np.nan
+                    for i in seeds])
+    if not np.isfinite(loo).all():              # a seed in every pair: no jackknife
+        return m, math.nan, math.nan, s
+    half = float(stats.t.ppf(0.5 + level / 2, s - 1)
+                 * math.sqrt((s - 1) / s * ((loo - loo.mean()) ** 2).sum()))
+    return m, m - half, m + half, s
 
 
 def half_width(std: pl.Expr, n: pl.Expr, level: float = LEVEL) -> pl.Expr:
