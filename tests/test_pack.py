@@ -200,3 +200,11 @@ def test_pick_conv_times_both_layouts_and_leaves_the_members_untouched():
     for t, b in zip((pk.m, pk.v, pk.steps), before[2:5]):
         torch.testing.assert_close(t, b, rtol=0, atol=0)
     assert all(torch.equal(r.gen.get_state(), g) for r, g in zip(runs, before[5]))
+    # a layout that runs out of memory is no candidate; with none left the pack fails
+    def oom(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    best, ms = packing.pick_conv(pk, {"grouped": fns["grouped"], "matmul": oom}, warmup=0, reps=1)
+    assert best == "grouped" and ms["matmul"] == float("inf") and pk.flat.grad is None
+    with pytest.raises(torch.OutOfMemoryError, match="fits in neither convolution layout"):
+        packing.pick_conv(pk, {"grouped": oom, "matmul": oom}, warmup=0, reps=1)

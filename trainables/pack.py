@@ -23,6 +23,7 @@ first passes time faster (`pick_conv`).
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -214,18 +215,28 @@ def pick_conv(pack: Pack, fns: dict, warmup: int = 3, reps: int = 5) -> tuple[st
     for name, fn in fns.items():
         buffers = {k: b.clone() for k, b in pack.buffers.items()}     # EM updates them in place
         times = []
-        for i in range(warmup + reps):
-            _sync(pack.device)
-            t0 = time.perf_counter()
-            with autocast(run.cfg, pack.device):
-                loss, _ = fn(pack.views(flat), buffers, x, eps, pack.beta)
-            loss.sum().backward()
-            _sync(pack.device)
-            flat.grad = None
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
+        try:
+            for i in range(warmup + reps):
+                _sync(pack.device)
+                t0 = time.perf_counter()
+                with autocast(run.cfg, pack.device):
+                    loss, _ = fn(pack.views(flat), buffers, x, eps, pack.beta)
+                loss.sum().backward()
+                _sync(pack.device)
+                flat.grad = None
+                if i >= warmup:
+                    times.append((time.perf_counter() - t0) * 1e3)
+        except torch.OutOfMemoryError:            # this layout does not fit: not a candidate
+            loss = flat.grad = None
+            times = [math.inf]
+            if pack.device.type == "cuda":
+                torch.cuda.empty_cache()
         ms[name] = statistics.median(times)
-    return min(ms, key=ms.get), ms
+    best = min(ms, key=ms.get)
+    if math.isinf(ms[best]):
+        raise torch.OutOfMemoryError(f"CUDA out of memory: a pack of {pack.G} fits in neither "
+                                     f"convolution layout ({', '.join(ms)})")
+    return best, ms
 
 
 def _sync(device: torch.device) -> None:
