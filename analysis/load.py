@@ -89,8 +89,10 @@ def read_file(st: ResultStore, path: str, table: str, names: list[str]) -> pa.Ta
     """The columns `names` of one file in the store's types; ones it lacks as nulls."""
     with st.fs.open_input_file(path) as f:
         pf = pq.ParquetFile(f)
-        check_format((pf.schema_arrow.metadata or {}).get(FORMAT_KEY, 1), path)
-        have = [n for n in names if n in pf.schema_arrow.names]
+        schema = pf.schema_arrow                 # built anew on each access: once per file
+        check_format((schema.metadata or {}).get(FORMAT_KEY, 1), path)
+        present = set(schema.names)
+        have = [n for n in names if n in present]
         t = pf.read(columns=have)
     fields = [SCHEMAS[table].field(n) for n in names]
     cols = [t.column(f.name).cast(f.type) if f.name in have else pa.nulls(t.num_rows, f.type)
