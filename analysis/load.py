@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from polars.io.plugins import register_io_source
 
-from trainables.compact import table_files
+from trainables.compact import COMPACT, table_files
 from trainables.store import FORMAT_KEY, SCHEMAS, ResultStore, check_format
 
 KEYS = {"trials": ["trial_id", "epoch"], "factors": ["trial_id", "epoch", "factor"],
@@ -87,7 +87,10 @@ def read_table(st: ResultStore, table: str, columns: list[str] | None = None) ->
 
 def read_file(st: ResultStore, path: str, table: str, names: list[str]) -> pa.Table:
     """The columns `names` of one file in the store's types; ones it lacks as nulls."""
-    with st.fs.open_input_file(path) as f:
+    # a trial's own file is small: on S3 one GET of all of it beats a HEAD and two ranged
+    # GETs (footer, columns); a compact file is large, read by ranges, projected columns only
+    whole = st.root.startswith("s3://") and not COMPACT.search(path)
+    with (pa.BufferReader(st.read_bytes(path)) if whole else st.fs.open_input_file(path)) as f:
         pf = pq.ParquetFile(f)
         schema = pf.schema_arrow                 # built anew on each access: once per file
         check_format((schema.metadata or {}).get(FORMAT_KEY, 1), path)
@@ -173,10 +176,10 @@ def config_columns() -> list[pl.Expr]:
 def driver_alive(root: str, study: str) -> bool:
     """Whether a driver holds the study (its lock file names a live process, or another host)."""
     st = store(root, study)
-    path = st.path("driver.lock")
-    if not st.exists(path):
+    raw = st.read_optional(st.path("driver.lock"))
+    if raw is None:
         return False
-    lock = st.read_json(path)
+    lock = json.loads(raw)
     if lock.get("host") != socket.gethostname():
         return True
     try:
@@ -212,7 +215,10 @@ def trials(root: str, study: str, last: bool = True) -> pl.LazyFrame:
     `state` is the status file's (running | completed | diverged | failed), else the
     last row's status. With `last`, one row per trial: its last evaluated epoch.
     """
-    rows = dedupe(scan(root, study, "trials"), "trials")
+    # cached: the plan below refers to these rows five times, and each reference would
+    # read every file again (three requests per file on S3); cached, one read of the
+    # columns they need together
+    rows = dedupe(scan(root, study, "trials"), "trials").cache()
     final = rows.join(last_epochs(rows), on=["trial_id", "epoch"], how="semi")
     status = status_frame(root, study).lazy()
     last_status = final.select("trial_id", pl.col("status").alias("last_status"))
@@ -282,5 +288,4 @@ def study_spec(root: str, study: str) -> dict | None:
 
 def traversal_png(root: str, study: str, trial_id: str) -> bytes | None:
     st = store(root, study)
-    path = st.path("traversals", f"{trial_id}.png")
-    return st.read_bytes(path) if st.exists(path) else None
+    return st.read_optional(st.path("traversals", f"{trial_id}.png"))

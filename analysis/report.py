@@ -176,10 +176,8 @@ def compute_tables(root: str, study: str, opts: Options = Options()) -> figures.
 def search_front(root: str, study: str) -> pl.DataFrame | None:
     """analysis/pareto.parquet, which an Optuna search writes on its objectives."""
     st = load.store(root, study)
-    path = st.path("analysis", "pareto.parquet")
-    if not st.exists(path):
-        return None
-    return pl.read_parquet(io.BytesIO(st.read_bytes(path)))
+    raw = st.read_optional(st.path("analysis", "pareto.parquet"))
+    return None if raw is None else pl.read_parquet(io.BytesIO(raw))
 
 
 def _labelled(frame: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:

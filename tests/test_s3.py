@@ -6,7 +6,9 @@ folder. Each test gets a fresh bucket of the module's server.
 """
 import json
 import signal
+import sys
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -15,6 +17,9 @@ import yaml
 from study.cli import main
 from support.procs import S3_ENV, Procs, S3, cli, free_port, procs, s3, s3_server  # noqa: F401
 from trainables.store import ResultStore, StoreError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import synthetic  # noqa: E402
 
 SPEC = {"name": "grid", "seeds": [0, 1], "dataset": {"name": "intrinsic", "n": 600, "factors": 2},
         "model": {"latent_dim": 3}, "noise": {"sigma2": [0.01, 0.1]},
@@ -192,3 +197,41 @@ def test_segments_status_and_checkpoints_reach_s3_without_markers(s3):
     back = pl.scan_parquet(store.glob("factors"), storage_options=store.storage_options).collect()
     assert back["mi"].to_list() == [1.0]
     assert ResultStore(s3.uri(bucket), "w").load_checkpoint("t1") == {"epoch": 1}
+
+
+def test_reads_are_one_get_each_and_the_report_reads_each_file_once(s3):
+    """A status file, a missing one, and the report's tables of per-trial files: one GET per
+    object read (no HEAD before it), and each table's files read once per report."""
+    import re
+
+    from analysis import load
+    from analysis.report import Options, compute_tables
+
+    bucket = s3.bucket()
+
+    def requests(fn):
+        """fn()'s result and its requests to the bucket, as 'METHOD path' lines."""
+        start = len(s3.procs.log("moto").splitlines())
+        out = fn()
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).split('"') for ln in
+                 s3.procs.log("moto").splitlines()[start:]]
+        return out, [" ".join(p[1].split()[:2]) for p in lines
+                     if len(p) > 1 and f"/{bucket}" in p[1]]
+
+    store = ResultStore(s3.uri(bucket), "r")
+    store.set_status("t1", "running")
+    st, got = requests(lambda: ResultStore(s3.uri(bucket), "r").status("t1"))
+    assert st["state"] == "running" and got == [f"GET /{bucket}/res/r/status/t1.json"], got
+    st, got = requests(lambda: store.status("t9"))
+    assert st is None and got == [f"GET /{bucket}/res/r/status/t9.json"], got
+
+    store = ResultStore(s3.uri(bucket), "syn")
+    rows = [synthetic.write_trial(store, i, epochs=4, H=3, every=2, codes=5) for i in range(6)]
+    store.write_status_table(rows, final=True, started=0.0, cpu=1.0, gpu=0.0)
+    files = sorted(f for t in ("trials", "factors", "codes") for f in load.table_files(store, t))
+    assert len(files) == 6 * 5                     # 2 segments of trials, factors; 1 of codes
+    _, got = requests(lambda: compute_tables(s3.uri(bucket), "syn",
+                                             Options(higgins=None, trial_pages=False)))
+    assert not [r for r in got if r.startswith("HEAD")], got
+    assert sorted(r.split()[1].lstrip("/") for r in got if "/part-" in r) == files, got
+    assert len(got) <= len(files) + 15, got       # + listings, status table, study files

@@ -273,6 +273,11 @@ class ResultStore:
         self.storage_options = polars_options(self.root)
         self._status: dict[str, dict] = {}            # status files this process wrote
         self._last: dict[str, tuple[int, int, pa.Table]] = {}   # its last trials segment
+        self._boto = None                              # boto3 client, made on first use
+
+    def __getstate__(self) -> dict:
+        """A store travels to Ray workers; its boto3 client (sockets, SSL) is made anew there."""
+        return {**self.__dict__, "_boto": None}
 
     # ---- paths -------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -306,8 +311,30 @@ class ResultStore:
         os.replace(tmp, path)
 
     def read_bytes(self, path: str) -> bytes:
-        with self.fs.open_input_stream(path) as f:
-            return f.read()
+        """The whole file. On S3 one GET (pyarrow's streams send a HEAD first, for the size);
+        a missing object is FileNotFoundError, as on disk."""
+        if not self.root.startswith("s3://"):
+            with self.fs.open_input_stream(path) as f:
+                return f.read()
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = path.split("/", 1)
+        try:
+            return self._s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise FileNotFoundError(f"s3://{path}") from None
+            raise OSError(f"s3://{path}: {e}") from None
+        except BotoCoreError as e:
+            raise OSError(f"s3://{path}: {e}") from None
+
+    def read_optional(self, path: str) -> bytes | None:
+        """The file, or None where there is none: one request either way (not a check, then
+        a read)."""
+        try:
+            return self.read_bytes(path)
+        except FileNotFoundError:
+            return None
 
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
@@ -354,15 +381,19 @@ class ResultStore:
                 client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
     def _s3_client(self):
-        """boto3 for deletes, on the same server; credentials from the same default chain."""
-        if getattr(self, "_boto", None) is None:
+        """boto3 for deletes and whole-object reads, on the same server; credentials from the
+        same default chain."""
+        if self._boto is None:
             import boto3
 
             q = {k: v[-1] for k, v in parse_qs(urlsplit(self.root).query).items()}
             endpoint = q.get("endpoint_override")
+            from botocore.config import Config
+
             self._boto = boto3.client(
                 "s3", region_name=q.get("region"),
-                endpoint_url=f"{q.get('scheme', 'https')}://{endpoint}" if endpoint else None)
+                endpoint_url=f"{q.get('scheme', 'https')}://{endpoint}" if endpoint else None,
+                config=Config(max_pool_connections=READ_THREADS))     # read_many's threads
         return self._boto
 
     def write_json(self, path: str, obj: Any) -> None:
@@ -374,9 +405,10 @@ class ResultStore:
     def read_meta(self) -> dict | None:
         """study.json (None for a `vaestudy train` study), its format checked."""
         path = self.path("study.json")
-        if not self.exists(path):
+        meta = self.read_optional(path)
+        if meta is None:
             return None
-        meta = self.read_json(path)
+        meta = json.loads(meta)
         meta["format_version"] = check_format(meta.get("format_version", 1), self.uri("study.json"))
         return meta
 
