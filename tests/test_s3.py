@@ -235,3 +235,11 @@ def test_reads_are_one_get_each_and_the_report_reads_each_file_once(s3):
     assert not [r for r in got if r.startswith("HEAD")], got
     assert sorted(r.split()[1].lstrip("/") for r in got if "/part-" in r) == files, got
     assert len(got) <= len(files) + 15, got       # + listings, status table, study files
+
+    from trainables.compact import compact               # merged files: 1,000 per delete
+    _, got = requests(lambda: compact(store, grace_s=0))
+    assert compact(store, grace_s=0) == 0
+    assert not [k for k in s3.keys(bucket) if k.startswith("res/syn/") and "/part-" in k]
+    assert sorted(r.split()[1].lstrip("/") for r in got if "/part-" in r) == files, got
+    assert len([r for r in got if r.startswith(("POST", "DELETE"))]) <= 3, got
+    assert not [r for r in got if r.startswith("HEAD")], got

@@ -104,7 +104,8 @@ def compact(store: ResultStore, grace_s: float = 5.0) -> int:
     if plans:
         time.sleep(grace_s)                       # readers that listed the old files
     for table, (compacts, _, new, parts) in plans.items():
-        _delete_merged(store, [p for _, p in compacts], [store.path(table, t) for t in new])
+        _delete_merged(store, [p for _, p in compacts], [store.path(table, t) for t in new],
+                       [p for t in new for p in parts[t]])
     return max((len(p[2]) for p in plans.values()), default=0)
 
 
@@ -175,7 +176,14 @@ def _conform(t: pa.Table, table: str) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def _delete_merged(store: ResultStore, old_files: list[str], folders: list[str]) -> None:
+def _delete_merged(store: ResultStore, old_files: list[str], folders: list[str],
+                   files: list[str]) -> None:
+    """The older compact files and the merged trials' files: on disk their folders; on an
+    object store the listed files, 1,000 to a request (no folders there, and a listing and
+    a delete per folder would cost two requests per trial)."""
+    if not store.local:
+        store.delete_many(old_files + files)
+        return
     for p in old_files:
         store.delete(p)
     with ThreadPoolExecutor(16) as pool:

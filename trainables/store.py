@@ -380,6 +380,22 @@ class ResultStore:
             if keys:
                 client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
+    def delete_many(self, paths: list[str]) -> None:
+        """Remove files; missing ones are fine. On S3 one DeleteObjects request per 1,000."""
+        if not self.root.startswith("s3://"):
+            for p in paths:
+                self.delete(p)
+            return
+        by_bucket: dict[str, list[str]] = {}
+        for p in paths:
+            bucket, key = p.split("/", 1)
+            by_bucket.setdefault(bucket, []).append(key)
+        client = self._s3_client()
+        for bucket, keys in by_bucket.items():
+            for i in range(0, len(keys), 1000):
+                client.delete_objects(Bucket=bucket, Delete={
+                    "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+
     def _s3_client(self):
         """boto3 for deletes and whole-object reads, on the same server; credentials from the
         same default chain."""
@@ -485,7 +501,9 @@ class ResultStore:
         return pa.concat_tables([self._read_file(p) for *_, p in parts], promote_options="default")
 
     def _read_file(self, path: str) -> pa.Table:
-        t = pq.read_table(self.fs.open_input_file(path))
+        """A segment (small): on S3 one GET of all of it, not a HEAD and ranged GETs."""
+        src = self.fs.open_input_file(path) if self.local else pa.BufferReader(self.read_bytes(path))
+        t = pq.read_table(src)
         check_format((t.schema.metadata or {}).get(FORMAT_KEY, 1), path)
         return t.replace_schema_metadata(None)
 
