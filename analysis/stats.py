@@ -2,9 +2,9 @@
 
 Seeds are few (one to ten), so intervals use Student's t with n - 1 degrees of
 freedom; a quantity measured on pairs of seeds gets its interval over the seeds
-(`pair_interval`), not over the pairs, which are not independent. Where n < 3 the report shows the mean and n and no
-interval: a "± 0" from one seed, or an interval from two, says more than the
-data do.
+(`pair_interval`), not over the pairs, which are not independent. Where n < 3
+the report shows the mean and n and no interval: a "± 0" from one seed, or an
+interval from two, says more than the data do.
 """
 from __future__ import annotations
 

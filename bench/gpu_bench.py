@@ -136,8 +136,8 @@ def profile_pack(G: int, device: torch.device, steps: int, warmup: int) -> str:
               and e.device_type == DeviceType.CPU) / steps
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     head = (f"pack of {G} ({pk.conv} conv; {pk.conv_ms or 'untimed'}), {steps} steps under the "
-            f"profiler: wall {wall:.2f} ms/step (profiler overhead included), GPU busy {busy:.2f} ms/step "
-            f"({busy / wall:.0%}), {ops:.0f} operators/step")
+            f"profiler: wall {wall:.2f} ms/step (profiler overhead included), GPU busy "
+            f"{busy:.2f} ms/step ({busy / wall:.0%}), {ops:.0f} operators/step")
     return head + "\n" + ka.table(sort_by=sort, row_limit=15, max_name_column_width=60)
 
 

@@ -502,7 +502,8 @@ class ResultStore:
 
     def _read_file(self, path: str) -> pa.Table:
         """A segment (small): on S3 one GET of all of it, not a HEAD and ranged GETs."""
-        src = self.fs.open_input_file(path) if self.local else pa.BufferReader(self.read_bytes(path))
+        src = (self.fs.open_input_file(path) if self.local
+               else pa.BufferReader(self.read_bytes(path)))
         t = pq.read_table(src)
         check_format((t.schema.metadata or {}).get(FORMAT_KEY, 1), path)
         return t.replace_schema_metadata(None)
