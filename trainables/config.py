@@ -8,6 +8,7 @@ their trial through here, so they accept exactly the same keys.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
@@ -215,11 +216,11 @@ class TrialConfig:
     def canonical(self) -> dict[str, dict[str, Any]]:
         """The values that define the experiment: those that differ from their defaults,
         without the runtime keys. A key added later with a default leaves this unchanged."""
-        out = {}
-        for section, cls in SECTIONS.items():
-            default = _jsonable(dataclasses.asdict(cls()))
+        out, mine = {}, self.to_dict()
+        for section in SECTIONS:
+            default = _defaults(section)
             runtime = RUNTIME_KEYS.get(section, ())
-            diff = {k: v for k, v in self.to_dict()[section].items()
+            diff = {k: v for k, v in mine[section].items()
                     if k not in runtime and v != default[k]}
             if diff:
                 out[section] = diff
@@ -260,9 +261,20 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in fields(c)]
 
 
+@functools.cache
+def _defaults(section: str) -> dict[str, Any]:
+    """A section's default values as `to_dict` writes them (read-only: shared)."""
+    return _jsonable(dataclasses.asdict(SECTIONS[section]()))
+
+
+@functools.cache
+def _fields(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """A section's type hints and field names (typing resolves hints slowly)."""
+    return get_type_hints(cls), frozenset(f.name for f in fields(cls))
+
+
 def _build(section: str, cls: type, values: dict[str, Any]):
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    hints, known = _fields(cls)
     kwargs = {}
     for name, value in values.items():
         key = f"{section}.{name}"
