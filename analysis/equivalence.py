@@ -176,7 +176,7 @@ def trial_truth(root: str, study: str, trial_id: str, config: str):
     from trainables.vae import VAE
 
     cfg = TrialConfig.from_dict(json.loads(config))
-    state = load.store(root, study).load_checkpoint(trial_id)
+    state = load.store(root, study).trial(trial_id).load_checkpoint()
     if cfg.dataset.name != "intrinsic" or state is None:
         return None
     phi, _ = intrinsic_phi(cfg.dataset)

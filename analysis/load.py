@@ -1,8 +1,8 @@
 """Lazy loading of a study's results: each (trial_id, epoch) once, with its state.
 
-The result store (`trainables/store.py`) owns the layout and the schemas; this
+The results layer (`results/`) owns the layout and the schemas; this
 module only reads them. A table is a lazy frame whose files are chosen when it
-is collected (`trainables.compact.table_files`: the latest compact file and the
+is collected (`resultstore.compact.table_files`: the latest compact file and the
 per-trial files of trials it does not hold), listed again if compaction removed
 one meanwhile, so a row is neither read twice nor missed while a study runs or
 is compacted. A crash between a segment write and its merge can leave the same
@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import time
 from functools import lru_cache
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 from polars.io.plugins import register_io_source
 
-from trainables.compact import COMPACT, table_files
-from trainables.store import FORMAT_KEY, SCHEMAS, ResultStore, check_format
+from resultstore import lease
+from resultstore.compact import table_files
+from resultstore.format import COMPACT, SCHEMAS
+from resultstore.store import ResultStore
 
 KEYS = {"trials": ["trial_id", "epoch"], "factors": ["trial_id", "epoch", "factor"],
         "codes": ["trial_id", "epoch", "point"]}
@@ -89,14 +88,8 @@ def read_file(st: ResultStore, path: str, table: str, names: list[str]) -> pa.Ta
     """The columns `names` of one file in the store's types; ones it lacks as nulls."""
     # a trial's own file is small: on S3 one GET of all of it beats a HEAD and two ranged
     # GETs (footer, columns); a compact file is large, read by ranges, projected columns only
-    whole = st.root.startswith("s3://") and not COMPACT.search(path)
-    with (pa.BufferReader(st.read_bytes(path)) if whole else st.fs.open_input_file(path)) as f:
-        pf = pq.ParquetFile(f)
-        schema = pf.schema_arrow                 # built anew on each access: once per file
-        check_format((schema.metadata or {}).get(FORMAT_KEY, 1), path)
-        present = set(schema.names)
-        have = [n for n in names if n in present]
-        t = pf.read(columns=have)
+    t = st.read_parquet(path, columns=names, whole=not COMPACT.search(path))
+    have = [n for n in names if n in t.column_names]
     fields = [SCHEMAS[table].field(n) for n in names]
     cols = [t.column(f.name).cast(f.type) if f.name in have else pa.nulls(t.num_rows, f.type)
             for f in fields]
@@ -174,19 +167,9 @@ def config_columns() -> list[pl.Expr]:
 
 
 def driver_alive(root: str, study: str) -> bool:
-    """Whether a driver holds the study (its lock file names a live process, or another host)."""
-    st = store(root, study)
-    raw = st.read_optional(st.path("driver.lock"))
-    if raw is None:
-        return False
-    lock = json.loads(raw)
-    if lock.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(lock.get("pid", -1)), 0)
-    except (ProcessLookupError, PermissionError, OverflowError, ValueError):
-        return False
-    return True
+    """Whether a live driver holds the study's lease (resultstore/lease.py: not released, renewed
+    within its ttl by the storage's clock, its process alive where it is on this host)."""
+    return lease.live_holder(store(root, study)) is not None
 
 
 def status_frame(root: str, study: str) -> pl.DataFrame:

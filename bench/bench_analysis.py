@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis import intrinsic, load, report  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
-from trainables.store import SCHEMAS, ResultStore  # noqa: E402
+from resultstore.format import SCHEMAS
+from resultstore.store import ResultStore  # noqa: E402
 
 STUDY = "bench"
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -190,7 +191,7 @@ def generate_report_study(root: str, n: int, E: int = 5, points: int = 200) -> N
                             ("codes", codes)):
             Path(st.path(table, tid)).mkdir(parents=True, exist_ok=True)
             pq.write_table(data, st.path(table, tid, f"part-000001-{E:06d}.parquet"))
-        st.save_checkpoint(tid, E, state, keep=1)
+        st.trial(tid).checkpoint(E, state, keep=1)
         st.set_status(tid, "completed")
 
 

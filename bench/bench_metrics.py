@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.metrics import METRICS, compute_searchable, discrete  # noqa: E402
 from analysis.metrics.mig import gap  # noqa: E402
-from trainables.store import ResultStore  # noqa: E402
+from resultstore.store import ResultStore  # noqa: E402
 
 
 def planted(n: int, H: int, P: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +111,7 @@ def storage(sizes, H, P):
                  "truth": y[i].astype(np.float32).tolist()} for i in range(n)]
         with tempfile.TemporaryDirectory() as tmp:
             st = ResultStore(tmp, "b")
-            st.write_segment("t", {"codes": rows}, 1, 1)
+            st.trial("t").append({"codes": rows}, 1, 1)
             size = sum(p.stat().st_size for p in Path(tmp).rglob("*.parquet"))
         print(f"{n:>8,} points: {size / 1e6:6.2f} MB per trial; 1,000 trials {size / 1e6:6.2f} GB")
 

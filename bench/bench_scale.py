@@ -47,7 +47,7 @@ from study.spec import parse, trial_configs
 from study import runner
 from study.status import status_text
 from study.tracker import StatusTracker
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 st = ResultStore(sys.argv[1], sys.argv[2])
 meta = st.read_json(st.path("study.json"))
 t = time.perf_counter()
@@ -60,7 +60,7 @@ TRIAL_SNIPPET = """
 import resource, sys, time, json
 import torch
 from trainables.config import TrialConfig
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 from trainables.train import run_trial
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
@@ -154,7 +154,7 @@ def spec_raw(name: str, n: int, epochs: int, H: int, codes: int) -> dict:
 
 def _write_chunk(args) -> list[dict]:
     import synthetic
-    from trainables.store import ResultStore
+    from resultstore.store import ResultStore
 
     root, name, items, epochs, H, codes, every = args
     store = ResultStore(root, name)
@@ -167,7 +167,8 @@ def generate(root: str, raw: dict, epochs: int, H: int, codes: int, every: int,
              workers: int = 2) -> tuple[float, int]:
     """Write the study; returns (seconds, trials)."""
     from study.spec import parse, trial_configs
-    from trainables.store import FORMAT_VERSION, ResultStore
+    from resultstore.format import FORMAT_VERSION
+    from resultstore.store import ResultStore
 
     spec = parse(raw)
     configs = trial_configs(spec)
@@ -198,7 +199,7 @@ def study_section(tab: Table, label: str, root: str, name: str, base: Path | Non
     """status, resume planning, report tables, compaction, resume on one synthetic study."""
     from study import runner
     from study.spec import parse, trial_configs
-    from trainables.store import ResultStore
+    from resultstore.store import ResultStore
 
     path = f"{root}/{name}"
     n = len(ResultStore(root, name).read_json(ResultStore(root, name).path("study.json"))["trials"])
@@ -232,7 +233,7 @@ def study_section(tab: Table, label: str, root: str, name: str, base: Path | Non
     tab.add(f"{label}: report tables (per-trial files)", n, None, new_tables[0],
             target="< 30 s", note=f"peak RSS {new_tables[1]:.0f} MB")
     files_before = _count_files(st)
-    from trainables.compact import compact
+    from resultstore.compact import compact
 
     (ct, _), req_c = count(lambda: _timed(lambda: compact(st, grace_s=0)))
     tab.add(f"{label}: compact", n, None, ct,
@@ -349,7 +350,7 @@ def tune_section(tab: Table, tmp: Path, base: Path, a) -> None:
 
 def _sequential_seconds(tmp: Path, trial: dict, n: int) -> float:
     from trainables.config import TrialConfig
-    from trainables.store import ResultStore
+    from resultstore.store import ResultStore
     from trainables.train import run_trial
 
     keys = {k: v for k, v in trial.items() if k not in ("resources", "max_concurrent")}

@@ -38,7 +38,7 @@ TRIAL = {"dataset.name": "intrinsic", "dataset.n": 1500, "dataset.factors": 2,
 RUN = """
 import json, sys, time
 from trainables.config import TrialConfig
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 from trainables.train import run_trial
 cfg = TrialConfig.from_dict(json.loads(sys.argv[1]))
 t0 = time.perf_counter()
@@ -72,7 +72,7 @@ def old_tree(tmp: Path) -> Path | None:
 def training_thread_calls(trial: dict, root: str) -> int:
     """Store filesystem calls on the training thread between its first and last report."""
     from trainables.config import TrialConfig
-    from trainables.store import ResultStore
+    from resultstore.store import ResultStore
     from trainables.train import run_trial
 
     store = ResultStore(root, "threads")

@@ -28,7 +28,7 @@ def sequential(root: str, n: int, epochs: int) -> float:
     import dataclasses
 
     from study.spec import parse, trial_configs
-    from trainables.store import ResultStore
+    from resultstore.store import ResultStore
     from trainables.train import run_trial
 
     spec = parse(spec_dict("plain", n, epochs))

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from study.tracker import config_row
-from trainables.store import SCHEMAS, ResultStore, status_row
+from resultstore.format import SCHEMAS, status_row
+from resultstore.store import ResultStore
 
 
 def config(i: int, epochs: int, H: int) -> dict:
@@ -73,17 +74,17 @@ def write_trial(store: ResultStore, i: int, epochs: int = 20, H: int = 128, ever
         seg = list(range(first, min(first + every - 1, last) + 1))
         mi = rng.gamma(0.5, 1.0, (len(seg), H))                          # [E, H]
         trials = [trial_row(store.study, tid, cfg, e, H, m, rng) for e, m in zip(seg, mi)]
-        store._write_table("trials", tid, pa.Table.from_pylist(trials, schema=SCHEMAS["trials"]),
+        store.trial(tid)._write("trials", pa.Table.from_pylist(trials, schema=SCHEMAS["trials"]),
                            seg[0], seg[-1])
-        store._write_table("factors", tid, factor_table(store.study, tid, seg, mi), seg[0], seg[-1])
+        store.trial(tid)._write("factors", factor_table(store.study, tid, seg, mi), seg[0], seg[-1])
         if seg[-1] == epochs and codes:
-            store._write_table("codes", tid, code_table(store.study, tid, epochs, H, codes, rng),
+            store.trial(tid)._write("codes", code_table(store.study, tid, epochs, H, codes, rng),
                                seg[0], seg[-1])
     row = trials[-1]
     final = {k: row[k] for k in ("trial_id", "epoch", "evlb", "recon_mse", "mi_xz",
                                  "kl_qz_pz", "n_used_factors", "sigma2")}
     if state != "running":
-        store.finish(tid, state, final=final, error="non-finite loss" if state == "diverged" else None)
+        store.trial(tid).finish(state, final=final, error="non-finite loss" if state == "diverged" else None)
     return {**config_row(tid, cfg), **status_row(store.status(tid)), "seconds": 60.0 + i % 7,
             "started": 0.0, **({"epoch": last} if state == "running" else {})}
 

@@ -19,7 +19,8 @@ from study.inputs import UsageError, check_name, load_yaml, merge, parse_sets
 def cmd_train(args: argparse.Namespace) -> int:
     from trainables.config import ConfigError, TrialConfig
     from trainables.data import DataError
-    from trainables.store import ResultStore, StoreError
+    from resultstore.store import ResultStore
+    from resultstore.uri import StoreError
     from trainables.train import FatalTrialError, run_trial
 
     study = check_name(args.study, "--study")
@@ -80,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from study.spec import parse
     from study.status import split_study_path
-    from trainables.store import ResultStore
+    from resultstore.store import ResultStore
 
     root, name = split_study_path(args.study)
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
@@ -96,6 +97,10 @@ def _run(spec, root: str, address: str | None, resume: bool, report: bool) -> in
     from study.status import status_text
 
     out = runner.run(spec, root, address=address, resume=resume)
+    if out.lost:
+        print(f"study {spec.name}: another driver took it over; it is running there "
+              f"(`vaestudy status {out.store.uri()}`)", file=sys.stderr)
+        return 3
     print(status_text(out.store))
     if report:
         _report(out.store)
@@ -122,7 +127,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.higgins import SETTINGS
     from analysis.report import Options, build_report
     from study.status import split_study_path
-    from trainables.store import ResultStore
+    from resultstore.store import ResultStore
 
     if args.threshold is not None and not args.threshold >= 0:
         raise UsageError(f"--threshold: got {args.threshold}; allowed: a number of nats >= 0")
@@ -159,7 +164,7 @@ def _metric_names(text: str) -> tuple[str, ...]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from study.status import split_study_path, status_text
-    from trainables.store import ResultStore
+    from resultstore.store import ResultStore
 
     root, name = split_study_path(args.study)
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
@@ -171,14 +176,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     from study.status import split_study_path
-    from trainables.compact import compact
-    from trainables.store import ResultStore
+    from resultstore.compact import compact
+    from resultstore.store import ResultStore
 
     root, name = split_study_path(args.study)
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
     if not store.exists(store.path("status")) and not store.exists(store.path("study.json")):
         raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
-    n = compact(store, grace_s=args.grace)
+    from study.runner import hold
+
+    try:
+        with hold(store, log=lambda line: None):
+            n = compact(store, grace_s=args.grace)
+    except UsageError as e:
+        raise UsageError(f"compact: {args.study}: a driver holds the study and compacts it when "
+                         f"it ends ({str(e).split('; wait', 1)[0].split(': ', 1)[-1]})") from None
     print(f"compacted {n} newly finished trials; one file per table in {store.uri()}"
           if n else f"nothing to compact in {store.uri()}: no finished trial outside the "
           "compact files")
@@ -265,7 +277,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainables.store import StoreError
+    from resultstore.uri import StoreError
 
     args = parser().parse_args(argv)
     try:

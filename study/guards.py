@@ -21,8 +21,9 @@ import socket
 import time
 
 from study.inputs import UsageError
-from study.lease import DRIVER_ID
-from trainables.store import ResultStore
+from resultstore import uri as uris
+from resultstore.lease import DRIVER_ID
+from resultstore.store import ResultStore
 from trainables.train import FatalTrialError
 
 PROBE = "probe.json"
@@ -39,7 +40,7 @@ def joining(address: str | None) -> str | None:
 
 def check_cluster_storage(spec, root: str, address: str | None) -> None:
     where = joining(address)
-    if where is None or ("://" in root and not root.startswith("file://")) or spec.storage_shared:
+    if where is None or uris.kind(root) != "local" or spec.storage_shared:
         return
     raise UsageError(f"storage: {root!r} is a local path and the study joins the Ray cluster at "
                      f"{where}: each node would write to its own disk; use s3:// or gs://, or an "

@@ -5,7 +5,7 @@ from study import optuna_storage
 from study.optuna_searcher import OptunaStudySearcher, finished, open_study
 from study.search import SearchConfig
 from study.tuner import fit, study_context
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 
 def fit_search(spec, scfg: SearchConfig, store: ResultStore, log=print,
@@ -37,7 +37,7 @@ def reconcile(study, store: ResultStore) -> None:
         tid = t.user_attrs.get("trial_id")
         st = store.status(tid) if tid else None
         if st and st["state"] == "running":
-            store.finish(tid, "stopped", error="stopped early by ASHA")
+            store.trial(tid).finish("stopped", error="stopped early by ASHA")
 
 
 def _scheduler(scfg: SearchConfig, spec):

@@ -14,7 +14,7 @@ from ray.tune.search import Searcher
 
 from study.search import SearchConfig, make_sampler, objective_values
 from trainables.config import TrialConfig
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 
 def trial_id_for(cfg: TrialConfig, number: int) -> str:

@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 
 from study.inputs import UsageError
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 PIECE = re.compile(r"(\d{15})\.log$")
 ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

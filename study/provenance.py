@@ -19,7 +19,7 @@ def versions() -> dict[str, str | None]:
     import ray
     import torch
 
-    from trainables.store import code_version
+    from resultstore.store import code_version
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"vaestudy": code_version(), "python": platform.python_version(),

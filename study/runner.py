@@ -13,6 +13,7 @@ runs, and the finished trials are compacted when the driver ends.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import socket
@@ -21,14 +22,16 @@ from dataclasses import dataclass
 
 from study import guards, tuner
 from study.inputs import UsageError
-from study.lease import Lease
+from resultstore.lease import Lease, LeaseHeld
 from study.provenance import now_iso
 from study.tuner import fit, start_ray  # noqa: F401  (tests and benches call them here)
 from study.spec import StudySpec, trial_configs
 from study.status import count_states
 from study.tracker import StatusTracker, as_callback, config_row
 from trainables.config import ConfigError, TrialConfig
-from trainables.store import FINISHED, FORMAT_VERSION, ResultStore, StoreError, recorded_trials
+from resultstore.format import FINISHED, FORMAT_VERSION, recorded_trials
+from resultstore.store import ResultStore
+from resultstore.uri import StoreError
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Outcome:
     store: ResultStore
     counts: dict[str, int]
     seconds: float
+    lost: bool = False                # the lease was lost: another driver runs the study
 
 
 def prepare(spec: StudySpec, root: str, resume: bool = False):
@@ -138,7 +142,7 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
     log(f"results: {store.uri()}")
     t0 = time.time()
     ids = [tid for tid, _ in trials]
-    with Lease(store, log=log):
+    with hold(store, log) as lease:
         rows, todo = plan(store, trials) if scfg is None else (store.trial_states()[0], {})
         if scfg is None:
             log(f"plan: {len(ids) - len(todo)} trials finished before, {len(todo)} to run")
@@ -163,6 +167,10 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
 
             ids, errors = optuna_run.fit_search(spec, scfg, store, log,
                                                 callbacks=[as_callback(tracker)])
+        if lease.lost:                       # a newer driver runs the study: write nothing
+            log("this driver lost the study's lease: exiting without the final status, "
+                "`finished` or a compaction (the driver holding it writes them)")
+            return Outcome(store, count_states(tracker.rows, ids), time.time() - t0, lost=True)
         record_failures(store, tracker, errors)
         tracker.write(final=True)
         write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],
@@ -170,6 +178,20 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         if todo or scfg is not None:             # a finished study's resume writes no row
             compact_finished(store, log)
     return Outcome(store, count_states(tracker.rows, ids), time.time() - t0)
+
+
+@contextlib.contextmanager
+def hold(store: ResultStore, log=print):
+    """The study's lease for the block (resultstore/lease.py); held by another driver: one line."""
+    try:
+        lease = Lease(store, log=log)
+        lease.acquire()
+    except LeaseHeld as e:
+        raise UsageError(str(e)) from None
+    try:
+        yield lease
+    finally:
+        lease.release()
 
 
 def _gpu_share(spec: StudySpec, address: str | None) -> float:
@@ -203,8 +225,8 @@ def record_failures(store: ResultStore, tracker: StatusTracker, errors: dict[str
 
 
 def compact_finished(store: ResultStore, log=print) -> None:
-    """Merge the finished trials' files into one file per table (trainables/compact.py)."""
-    from trainables.compact import compact
+    """Merge the finished trials' files into one file per table (resultstore/compact.py)."""
+    from resultstore.compact import compact
 
     n = compact(store, grace_s=COMPACT_GRACE_S)
     if n:
@@ -219,7 +241,7 @@ def _write_meta(store: ResultStore, *args, **kw) -> None:
     try:
         write_meta(store, *args, **kw)
     except OSError as e:
-        from trainables.store import _why
+        from resultstore.store import why as _why
         raise UsageError(f"storage: cannot write to {store.uri()}: {_why(e)}") from None
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from study.inputs import UsageError, check_name
 from trainables.config import SECTIONS, ConfigError, TrialConfig, all_keys, nest
-from trainables.store import StoreError, check_uri
+from resultstore.uri import StoreError, check_uri
 
 STUDY_KEYS = {"name", "seeds", "resources", "max_concurrent", "failure", "storage", "search",
               "num_samples", "description", "storage_shared", "pack"}

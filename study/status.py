@@ -12,7 +12,9 @@ import time
 
 import polars as pl
 
-from trainables.store import FINISHED, ResultStore, recorded_trials, split_query
+from resultstore.format import FINISHED, recorded_trials
+from resultstore.store import ResultStore
+from resultstore.uri import split_query
 
 STALE_TRIAL_S = 300.0      # a running trial is flagged when silent for this long (or 5 epochs)
 BEST_COLUMNS = ["trial_id", "noise", "beta", "sigma2", "seed", "epoch", "evlb", "recon_mse",

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import time
 
-from trainables.store import FINISHED, STATUS_SCHEMA, ResultStore, status_row
+from resultstore.format import FINISHED, STATUS_SCHEMA, status_row
+from resultstore.store import ResultStore
 
 WRITE_EVERY_S = 5.0
 HEARTBEAT_S = 30.0

@@ -27,7 +27,7 @@ from ray import tune
 from study import guards
 from trainables.config import TrialConfig
 from trainables.pack_run import run_pack
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 from trainables.train import FatalTrialError, run_trial
 
 
@@ -36,7 +36,7 @@ def trainable(config: dict, configs: dict | None = None) -> None:
     (a searcher's suggestion), or {"id", "members": [{"id", "config"}, ...]} (a pack)."""
     study = config["study"]
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
-    store = ResultStore(study["root"], study["name"])
+    store = ResultStore(study["root"], study["name"], fence=study.get("lease"))
     trial = config["trial"]
     if isinstance(trial, str):
         trial = {"id": trial, "config": configs[trial]}

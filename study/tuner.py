@@ -19,9 +19,9 @@ import dataclasses
 import os
 
 from study import guards, raypatch
-from study.lease import DRIVER_ID
+from resultstore.lease import DRIVER_ID
 from study.spec import StudySpec, _is_grid
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 _joined = False                     # whether start_ray joined a cluster (else: a private Ray)
 
@@ -118,9 +118,9 @@ def member_ids(trial: dict | str) -> list[str]:
 def study_context(spec: StudySpec, store: ResultStore) -> dict:
     """What a trial needs to find its store and data: an absolute root, and the driver's
     folder for relative data paths, since Ray runs trials in working directories of its own."""
-    root = store.root if "://" in store.root else os.path.abspath(os.path.expanduser(store.root))
+    root = os.path.abspath(os.path.expanduser(store.root)) if store.local else store.root
     return {"root": root, "name": store.study, "cpu": spec.cpu, "cwd": os.getcwd(),
-            "gpu": spec.gpu or 0.0, "driver": DRIVER_ID}
+            "gpu": spec.gpu or 0.0, "driver": DRIVER_ID, "lease": store.fence}
 
 
 def reporter(spec: StudySpec):

@@ -13,7 +13,7 @@ import torch
 
 from analysis import figures, report
 from trainables.config import TrialConfig
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 from trainables.train import run_trial
 
 STUDY = "quickstart"

@@ -10,7 +10,7 @@ import pytest
 from analysis import figures, intrinsic, load, report, tradeoff
 from analysis.tradeoff import pareto_mask
 from trainables.config import TrialConfig
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 STUDY = "handmade"
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -48,9 +48,9 @@ def write_trial(store, cfg, used_by_epoch, state="completed", evlb=100.0):
     for e, used in enumerate(used_by_epoch, start=1):
         rows = {"trials": [trial_row(cfg, tid, e, used, evlb + e)],
                 "factors": factor_rows(tid, e, used)}
-        store.write_segment(tid, rows, e, e)
+        store.trial(tid).append(rows, e, e)
     if state != "running":
-        store.finish(tid, state)
+        store.trial(tid).finish(state)
     else:
         store.set_status(tid, "running")
     return tid
@@ -68,7 +68,7 @@ def study(tmp_path_factory):
            "b1": write_trial(st, config(0.1, 1), [2], state="running", evlb=60.0),
            "l0": write_trial(st, config(0.01, 0, "learned", 2.0), [3], evlb=80.0)}
     stale = trial_row(config(0.001, 1), ids["a1"], 2, 0, -1.0, written=-5)
-    st.write_segment(ids["a1"], {"trials": [stale]}, 2, 2)          # epoch 2 of a1 again
+    st.trial(ids["a1"]).append({"trials": [stale]}, 2, 2)          # epoch 2 of a1 again
     st.set_status("tfailed", "failed", error="<b>boom</b> & co")
     return root, ids
 
@@ -202,7 +202,7 @@ def test_format_2_files_are_read_with_the_new_columns_null(tmp_path):
     equivalent variance is recomputed, its arithmetic one kept."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from trainables.store import SCHEMAS
+    from resultstore.format import SCHEMAS
     new = ("mi_xz_est", "kl_qz_pz_est", "tc_est", "equivalent_sigma2_arith", "pi_at_floor",
            "normal_var_tol")
     old = pa.schema([f for f in SCHEMAS["trials"] if f.name not in new])

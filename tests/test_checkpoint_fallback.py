@@ -9,7 +9,7 @@ import torch
 
 from conftest import Interrupt, stop_at, tiny
 from trainables.config import TrialConfig
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 from trainables.train import run_trial
 
 
@@ -27,7 +27,7 @@ def test_resume_skips_an_unloadable_checkpoint_for_the_one_before(tmp_path, caps
     store = ResultStore(str(tmp_path), "ck")
     with pytest.raises(Interrupt):
         run_trial(cfg, store, report=stop_at(3))
-    (e3, path), = [c for c in store.checkpoints(cfg.trial_id()) if c[0] == 3]
+    (e3, path), = [c for c in store.trial(cfg.trial_id()).checkpoints() if c[0] == 3]
     store.write_bytes(path, _bad_bytes(kind, store.read_bytes(path)))
     capsys.readouterr()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
@@ -170,7 +170,7 @@ def test_a_killed_worker_node_costs_no_result(cluster, tmp_path):
     while time.time() < deadline and victim is None and d.p.poll() is None:
         for st in store.all_status() if store.exists(store.path("status")) else []:
             on = st.get("node", "").split("/")[-1]
-            if st["state"] == "running" and store.checkpoints(st["trial_id"]) and \
+            if st["state"] == "running" and store.trial(st["trial_id"]).checkpoints() and \
                     on == cluster.worker_id[:12]:
                 victim = st["trial_id"]
         time.sleep(0.2)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from test_cluster import RAYSTART, Cluster, Driver, _spec
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -343,7 +343,7 @@ def machine(request):
 # ---- the path ----------------------------------------------------------------------------
 
 def _store(name: str):
-    from trainables.store import ResultStore
+    from resultstore.store import ResultStore
     return ResultStore(STORAGE, name)
 
 
@@ -470,7 +470,7 @@ def test_a_host_that_dies_mid_study_costs_nothing(machine):
     while victim is None and time.time() < deadline and logs.poll() is None:
         for st in store.all_status() if store.exists(store.path("status")) else []:
             if st["state"] == "running" and st.get("node", "").startswith("worker/") and \
-                    store.checkpoints(st["trial_id"]):
+                    store.trial(st["trial_id"]).checkpoints():
                 victim = st["trial_id"]
         time.sleep(0.5)
     assert victim, "no trial ran on the worker host\n" + _why(name)

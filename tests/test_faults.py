@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from study.cli import main
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 SPEC = """
 name: {name}

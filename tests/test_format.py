@@ -18,7 +18,9 @@ import yaml
 from study.runner import recorded
 from study.spec import parse, trial_configs
 from trainables.config import TrialConfig
-from trainables.store import FORMAT_KEY, FORMAT_VERSION, ResultStore, StoreError
+from resultstore.format import FORMAT_KEY, FORMAT_VERSION
+from resultstore.store import ResultStore
+from resultstore.uri import StoreError
 
 DATA = Path(__file__).parent / "data" / "studies"
 VERSIONS = sorted(int(p.name[1:]) for p in DATA.glob("v*"))
@@ -71,12 +73,12 @@ def test_recorded_ids_win_over_recomputed_ones():
 # ---- the format version ---------------------------------------------------------------
 def test_parquet_files_carry_the_format_version(tmp_path):
     store = ResultStore(str(tmp_path), "s")
-    store.write_segment("t1", {"factors": [{"study": "s", "trial_id": "t1", "epoch": 1,
+    store.trial("t1").append({"factors": [{"study": "s", "trial_id": "t1", "epoch": 1,
                                            "factor": 0, "mi": 1.0, "post_var": 0.1,
                                            "qstar_var": 1.0, "used": True}]}, 1, 1)
     (path,) = Path(store.path("factors", "t1")).glob("*.parquet")
     assert pq.read_schema(path).metadata[FORMAT_KEY] == str(FORMAT_VERSION).encode()
-    assert store.read_trial("factors", "t1").num_rows == 1
+    assert store.trial("t1").read("factors").num_rows == 1
 
 
 def test_a_newer_parquet_file_is_refused_with_one_clear_error(tmp_path):
@@ -85,7 +87,7 @@ def test_a_newer_parquet_file_is_refused_with_one_clear_error(tmp_path):
     Path(store.path("trials", "t1")).mkdir(parents=True)
     pq.write_table(t, store.path("trials", "t1", "part-000001-000001.parquet"))
     with pytest.raises(StoreError, match=r"part-000001-000001.parquet: results format '99' .*1 to"):
-        store.read_trial("trials", "t1")
+        store.trial("t1").read("trials")
 
 
 def test_a_newer_study_is_refused_by_status_with_exit_2(tmp_path):

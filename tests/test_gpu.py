@@ -10,7 +10,7 @@ from trainables import data as datasets
 from trainables import pack as packing
 from trainables.config import TrialConfig
 from trainables.pack_run import run_pack
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 from trainables.train import build, run_trial, train_epoch
 
 pytestmark = pytest.mark.gpu

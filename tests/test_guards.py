@@ -17,7 +17,7 @@ from study.cli import main
 from study.inputs import UsageError
 from study.spec import parse, trial_configs
 from conftest import tiny
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

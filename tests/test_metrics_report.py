@@ -11,7 +11,7 @@ import pytest
 from analysis.metrics.section import metrics_frames, metrics_section, summary
 from analysis.metrics.table import COLUMNS, metrics_table
 from trainables.config import TrialConfig
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 from trainables.train import run_trial
 
 FIXTURE = Path(__file__).parent / "data" / "studies" / "v2" / "tiny"

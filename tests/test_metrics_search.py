@@ -11,7 +11,7 @@ from study.inputs import UsageError
 from study.search import parse_search
 from study.spec import parse
 from trainables.config import ConfigError, TrialConfig
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 from trainables.train import run_trial
 
 SEARCH = {"name": "s", "num_samples": 3, "max_concurrent": 1,
@@ -46,10 +46,10 @@ def test_each_evaluation_stores_the_scores_recomputable_from_the_codes(tmp_path)
                                  "eval": {"traversals": False, "metrics": ["mig", "sap", "modularity"]}})
     store = ResultStore(str(tmp_path), "one")
     final = run_trial(cfg, store, log=lambda s: None)
-    rows = store.read_trial("trials", cfg.trial_id()).to_pylist()
+    rows = store.trial(cfg.trial_id()).read("trials").to_pylist()
     assert len(rows) == 2 and all(0 <= r[m] <= 1 for r in rows for m in ("mig", "sap", "modularity"))
     assert final["mig"] == rows[-1]["mig"]
-    codes = store.read_trial("codes", cfg.trial_id()).to_pylist()
+    codes = store.trial(cfg.trial_id()).read("codes").to_pylist()
     assert len(codes) == rows[-1]["eval_points"]                    # all evaluated points stored
     mu = np.array([c["mu"] for c in codes], dtype=np.float64)
     y = np.array([c["truth"] for c in codes], dtype=np.float64)

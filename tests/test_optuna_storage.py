@@ -15,7 +15,7 @@ import yaml
 from study import optuna_storage
 from study.cli import main
 from support.procs import cli, free_port, postgres, procs, wait_port  # noqa: F401
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 SEARCH = {"name": "pg", "num_samples": 4, "max_concurrent": 2,
           "dataset": {"name": "intrinsic", "n": 600, "factors": 2}, "model": {"latent_dim": 3},

@@ -8,7 +8,7 @@ from trainables import data as datasets
 from trainables import pack as packing
 from trainables.config import TrialConfig
 from trainables.pack_run import pack_id, run_pack, shared_key
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 from trainables.train import build, run_trial, set_generator
 from trainables.vae import VAE
 
@@ -72,7 +72,7 @@ def test_float64_members_equal_their_unpacked_trials_over_3_epochs(tmp_path, flo
         _assert_same(alone, packed, c.trial_id(), rel=1e-6)
         assert packed.status(c.trial_id())["state"] == "completed"
         assert packed.status(c.trial_id())["pack"] == pack_id([x.trial_id() for x in cfgs])
-        a, b = alone.load_checkpoint(c.trial_id()), packed.load_checkpoint(c.trial_id())
+        a, b = alone.trial(c.trial_id()).load_checkpoint(), packed.trial(c.trial_id()).load_checkpoint()
         assert a["opt"]["state"][0]["step"] == b["opt"]["state"][0]["step"] == 3 * 3  # 240/100
 
 

@@ -47,7 +47,7 @@ def test_a_packed_study_stores_ordinary_trials(tmp_path):
 
     from study import runner
     from study.status import status_text
-    from trainables.store import ResultStore
+    from resultstore.store import ResultStore
 
     raw = {**BASE, "pack": "auto", "noise": {"sigma2": [0.01, 0.1]}, "resources": {"cpu": 2}}
     try:

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from support.procs import cli, procs  # noqa: F401
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 pytestmark = pytest.mark.slow
 SPEC = """

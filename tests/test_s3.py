@@ -16,7 +16,8 @@ import yaml
 
 from study.cli import main
 from support.procs import S3_ENV, Procs, S3, cli, free_port, procs, s3, s3_server  # noqa: F401
-from trainables.store import ResultStore, StoreError
+from resultstore.store import ResultStore
+from resultstore.uri import StoreError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import synthetic  # noqa: E402
@@ -189,14 +190,14 @@ def test_segments_status_and_checkpoints_reach_s3_without_markers(s3):
     store.set_status("t1", "running")
     row = {"study": "w", "trial_id": "t1", "epoch": 1, "factor": 0, "mi": 1.0, "post_var": 0.5,
            "qstar_var": 1.0, "used": True}
-    store.write_segment("t1", {"factors": [row]}, 1, 1)
-    store.save_checkpoint("t1", 1, {"epoch": 1}, keep=2)
+    store.trial("t1").append({"factors": [row]}, 1, 1)
+    store.trial("t1").checkpoint(1, {"epoch": 1}, keep=2)
     assert sorted(s3.keys(bucket)) == ["res/w/checkpoints/t1/epoch-000001.pt",
                                        "res/w/factors/t1/part-000001-000001.parquet",
                                        "res/w/status/t1.json"]
     back = pl.scan_parquet(store.glob("factors"), storage_options=store.storage_options).collect()
     assert back["mi"].to_list() == [1.0]
-    assert ResultStore(s3.uri(bucket), "w").load_checkpoint("t1") == {"epoch": 1}
+    assert ResultStore(s3.uri(bucket), "w").trial("t1").load_checkpoint() == {"epoch": 1}
 
 
 def test_reads_are_one_get_each_and_the_report_reads_each_file_once(s3):
@@ -236,7 +237,7 @@ def test_reads_are_one_get_each_and_the_report_reads_each_file_once(s3):
     assert sorted(r.split()[1].lstrip("/") for r in got if "/part-" in r) == files, got
     assert len(got) <= len(files) + 15, got       # + listings, status table, study files
 
-    from trainables.compact import compact               # merged files: 1,000 per delete
+    from resultstore.compact import compact  # merged files: 1,000 per delete
     _, got = requests(lambda: compact(store, grace_s=0))
     assert compact(store, grace_s=0) == 0
     assert not [k for k in s3.keys(bucket) if k.startswith("res/syn/") and "/part-" in k]

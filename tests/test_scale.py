@@ -13,7 +13,7 @@ import pytest
 from analysis import load
 from study.status import status_text
 from trainables import compact as compaction
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import synthetic  # noqa: E402
@@ -153,14 +153,14 @@ def test_a_completed_trial_keeps_only_what_checkpoint_final_says(tmp_path, mode)
     sizes = []
     store_save = store.save_checkpoint
     store.save_checkpoint = lambda *a, **k: (store_save(*a, **k), sizes.append(
-        Path(store.checkpoints(tid)[-1][1]).stat().st_size))
+        Path(store.trial(tid).checkpoints()[-1][1]).stat().st_size))
     run_trial(cfg, store, log=lambda s: None)
     files = sorted(p.name for p in Path(store.path("checkpoints", tid)).glob("*"))
     assert files == {"weights": ["final.pt"], "full": ["epoch-000003.pt"], "none": []}[mode]
     if mode == "weights":
         today = cfg.checkpoint.keep * sizes[-1]               # what a trial used to keep
         assert 3 * Path(store.path("checkpoints", tid, "final.pt")).stat().st_size <= today
-        state = store.load_checkpoint(tid)
+        state = store.trial(tid).load_checkpoint()
         assert "opt" not in state and state["epoch"] == 3
         rows = load.trials(str(tmp_path), "ck").collect()
         assert trial_truth(str(tmp_path), "ck", tid, rows["config"][0]) is not None

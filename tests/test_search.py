@@ -11,7 +11,7 @@ from study import runner
 from study.cli import main
 from study.spec import parse
 from support.procs import cli, procs  # noqa: F401
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 
 pytestmark = pytest.mark.slow
 BASE = {"num_samples": 6, "max_concurrent": 2,

@@ -8,7 +8,8 @@ import pytest
 from conftest import GPU
 from study import runner
 from study.spec import parse
-from trainables.store import FORMAT_VERSION, SCHEMAS, ResultStore
+from resultstore.format import FORMAT_VERSION, SCHEMAS
+from resultstore.store import ResultStore
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +62,9 @@ def test_four_trial_mnist_study_reads_back_with_polars(tmp_path, ray_local, mnis
     assert meta["versions"]["polars"] and meta["versions"]["python"] and meta["command"]
     assert datetime.fromisoformat(meta["started"]) <= datetime.fromisoformat(meta["finished"])
     for t in (t["id"] for t in meta["trials"]):
-        assert store.checkpoints(t) == []                          # only the final weights
-        assert "opt" not in store.load_checkpoint(t) and store.load_checkpoint(t)["epoch"] == 2
-        assert store.parts("trials", t) == []                      # compacted at the end
+        assert store.trial(t).checkpoints() == []                          # only the final weights
+        assert "opt" not in store.trial(t).load_checkpoint() and store.trial(t).load_checkpoint()["epoch"] == 2
+        assert store.trial(t).parts("trials") == []                      # compacted at the end
     for table in ("trials", "factors", "codes"):                   # one file per table
         assert store.listdir(store.path(table)) == ["compact-000001.parquet"]
 

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny
 from trainables import data as datasets
 from trainables.config import TrialConfig
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
 from trainables.train import build, evaluate, run_trial, train_epoch
 
 
@@ -97,7 +97,7 @@ def test_an_interrupted_trial_resumes_exactly_and_writes_each_epoch_once(tmp_pat
     fb = pl.read_parquet(store.glob("factors")).sort("epoch", "factor")
     assert fa.drop("study").equals(fb.drop("study"))
     # one file per table once the trial is finished
-    assert len(store.parts("trials", cfg.trial_id())) == 1
+    assert len(store.trial(cfg.trial_id()).parts("trials")) == 1
 
 
 def test_a_finished_trial_is_not_rerun(tmp_path):
@@ -130,7 +130,7 @@ def test_a_learning_rate_that_explodes_at_once_is_diverged_with_no_rows(tmp_path
     store = ResultStore(str(tmp_path), "s")
     assert run_trial(cfg, store, log=lambda s: None) == {}
     assert store.status(cfg.trial_id())["state"] == "diverged"
-    assert store.parts("trials", cfg.trial_id()) == []
+    assert store.trial(cfg.trial_id()).parts("trials") == []
 
 
 def test_short_mnist_run_lowers_the_loss_and_gives_finite_indicators(tmp_path, mnist_dir):

@@ -22,7 +22,8 @@ import torch
 
 from trainables import pack as packing
 from trainables.config import TrialConfig
-from trainables.store import ResultStore
+from resultstore.store import ResultStore
+from resultstore.trial import TrialHandle
 from trainables.train import (FatalTrialError, Report, Run, _out_of_memory, end_epoch,
                               finish_completed, finish_diverged, load_splits, mark_running,
                               setup_torch, start_run)
@@ -34,7 +35,7 @@ MEMBER_KEYS = ("noise.beta", "noise.sigma2", "train.seed", "train.lr", "train.fa
 
 @dataclass
 class Member:
-    trial_id: str
+    trial: TrialHandle
     run: Run
     last: dict = field(default_factory=dict)
     state: str = "running"
@@ -71,7 +72,7 @@ def run_pack(cfgs: list[TrialConfig], store: ResultStore, report: Report | None 
         try:
             finals.update(_train(todo, store, report, log, node, name))
         except torch.OutOfMemoryError as e:         # the same pack on the same GPU: fail now
-            errs = [_out_of_memory(store, tid, node or socket.gethostname(), e)
+            errs = [_out_of_memory(store.trial(tid), node or socket.gethostname(), e)
                     for _, tid, _ in todo if store.status(tid)["state"] == "running"]
             raise errs[0] if errs else FatalTrialError(str(e)) from None
     if report:
@@ -81,20 +82,21 @@ def run_pack(cfgs: list[TrialConfig], store: ResultStore, report: Report | None 
 
 def _train(todo, store, report, log, node, name) -> dict[str, dict]:
     cfg0 = todo[0][0]
-    nodes = [mark_running(cfg, store, tid, node, done, pack=name) for cfg, tid, done in todo]
+    trials = [store.trial(tid) for _, tid, _ in todo]
+    nodes = [mark_running(cfg, t, node, done, pack=name) for (cfg, _, done), t in zip(todo, trials)]
     device = setup_torch(cfg0)
     train_x, test = load_splits(cfg0, device)
     shape = tuple(train_x.shape[1:])
-    members = [Member(tid, start_run(cfg, store, tid, n, log, shape, device))
-               for (cfg, tid, _), n in zip(todo, nodes)]
-    log(f"[{name}] {len(members)} members: {', '.join(m.trial_id for m in members)}")
+    members = [Member(t, start_run(cfg, t, n, log, shape, device))
+               for (cfg, _, _), t, n in zip(todo, trials, nodes)]
+    log(f"[{name}] {len(members)} members: {', '.join(m.trial.id for m in members)}")
     pk = packing.stack([m.run for m in members])
     if pk.conv_ms:
         log(f"[{name}] convolutions {pk.conv}: " + ", ".join(
             f"{c} {ms:.2f} ms" for c, ms in pk.conv_ms.items()) + " per forward and backward pass")
     for g, m in enumerate(members):                  # resumed at its last epoch already
         if m.run.epoch >= m.run.cfg.train.epochs:
-            _complete(pk, g, m, store, test)
+            _complete(pk, g, m, test)
     while any(pk.active):
         losses = _epoch(pk, members, train_x)
         ok = packing.finite(pk)
@@ -102,11 +104,11 @@ def _train(todo, store, report, log, node, name) -> dict[str, dict]:
         for g, m in enumerate(members):
             if pk.active[g]:
                 ok[g] = ok[g] and math.isfinite(losses[g])
-                evaluated |= _end_member_epoch(pk, g, m, losses[g], ok[g], store, test, log)
+                evaluated |= _end_member_epoch(pk, g, m, losses[g], ok[g], test, log)
         if evaluated and report and any(pk.active):
-            report(summary({m.trial_id: m.last for m in members},
-                           {m.trial_id: m.last for m in members if m.state != "running"}))
-    return {m.trial_id: m.last for m in members}
+            report(summary({m.trial.id: m.last for m in members},
+                           {m.trial.id: m.last for m in members if m.state != "running"}))
+    return {m.trial.id: m.last for m in members}
 
 
 def _epoch(pk: packing.Pack, members: list[Member], train_x) -> list[float]:
@@ -125,21 +127,21 @@ def _epoch(pk: packing.Pack, members: list[Member], train_x) -> list[float]:
     return losses
 
 
-def _end_member_epoch(pk, g, m: Member, loss, ok, store, test, log) -> bool:
+def _end_member_epoch(pk, g, m: Member, loss, ok, test, log) -> bool:
     """The unpacked trial's end of epoch for member g; True when it was evaluated."""
     run = packing.sync(pk, g)
     if not ok:
-        m.last = finish_diverged(run, store, m.trial_id, loss, m.last, log)
+        m.last = finish_diverged(run, m.trial, loss, m.last, log)
         pk.active[g], m.state = False, "diverged"
         return False
-    m.last, evaluated = end_epoch(run, store, m.trial_id, loss, test, m.last)
+    m.last, evaluated = end_epoch(run, m.trial, loss, test, m.last)
     if run.epoch >= run.cfg.train.epochs:
-        _complete(pk, g, m, store, test)
+        _complete(pk, g, m, test)
     return evaluated
 
 
-def _complete(pk, g, m: Member, store, test) -> None:
-    m.last = finish_completed(packing.sync(pk, g), store, m.trial_id, test, m.last, None)
+def _complete(pk, g, m: Member, test) -> None:
+    m.last = finish_completed(packing.sync(pk, g), m.trial, test, m.last, None)
     pk.active[g], m.state = False, "completed"
 
 

@@ -21,7 +21,8 @@ import torch
 from trainables import data as datasets
 from trainables import indicators, traversal
 from trainables.config import TrialConfig
-from trainables.store import ResultStore, checkpoint_bytes, code_version
+from resultstore.store import ResultStore, code_version
+from resultstore.trial import TrialHandle, checkpoint_bytes
 from trainables.writer import SyncWriter, Writer
 from trainables.noise import mixture_variances
 from trainables.vae import VAE, kl_to_prior
@@ -193,10 +194,10 @@ def set_generator(run: Run, gen_state: torch.Tensor) -> None:
         run.gen.manual_seed(run.cfg.train.seed * 1_000_003 + int(run.epoch))
 
 
-def flush(run: Run, store: ResultStore, trial_id: str) -> None:
+def flush(run: Run, trial: TrialHandle) -> None:
     """Hand the rows buffered since the last flush to the run's writer as one segment."""
     if any(run.rows.values()):
-        run.writer.submit(store.write_segment, trial_id, run.rows, run.flushed + 1, run.epoch)
+        run.writer.submit(trial.append, run.rows, run.flushed + 1, run.epoch)
     run.rows = {"trials": [], "factors": [], "codes": []}
     run.flushed = run.epoch
 
@@ -207,8 +208,9 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
     """Train one trial to its end (or resume it); returns the last row's metrics.
 
     `node` names where it runs (a Ray trial passes its node id); default: the host."""
-    trial_id = trial_id or cfg.trial_id()
-    done = store.status(trial_id)
+    trial = store.trial(trial_id or cfg.trial_id())
+    trial_id = trial.id
+    done = trial.status()
     if done and done["state"] in ("completed", "diverged"):
         log(f"[{trial_id}] already {done['state']}; nothing to do")
         final = done.get("final", {})
@@ -216,68 +218,68 @@ def run_trial(cfg: TrialConfig, store: ResultStore, report: Report | None = None
             report(final)
         return final
     try:
-        run, train_x, test = _start(cfg, store, trial_id, node, done, log)
+        run, train_x, test = _start(cfg, trial, node, done, log)
         with Writer() as run.writer:             # store writes run beside training
-            return _train(run, store, trial_id, train_x, test, report, log)
+            return _train(run, trial, train_x, test, report, log)
     except torch.OutOfMemoryError as e:
-        raise _out_of_memory(store, trial_id, node or socket.gethostname(), e) from None
+        raise _out_of_memory(trial, node or socket.gethostname(), e) from None
 
 
-def _train(run, store, trial_id, train_x, test, report, log) -> dict:
+def _train(run, trial, train_x, test, report, log) -> dict:
     """Epochs from the run's epoch to the end: evaluate, flush, checkpoint, report."""
     cfg, last = run.cfg, {}
     while run.epoch < cfg.train.epochs:
         loss = _timed_epoch(run, train_x)
         if not math.isfinite(loss) or not _finite_params(run):
-            return finish_diverged(run, store, trial_id, loss, last, log)
-        last, evaluated = end_epoch(run, store, trial_id, loss, test, last)
+            return finish_diverged(run, trial, loss, last, log)
+        last, evaluated = end_epoch(run, trial, loss, test, last)
         if evaluated and report and run.epoch < cfg.train.epochs:
             run.writer.flush()               # a scheduler may stop the trial at this report
             report(last)                    # the last epoch is reported once the trial is done
-    return finish_completed(run, store, trial_id, test, last, report)
+    return finish_completed(run, trial, test, last, report)
 
 
-def end_epoch(run: Run, store: ResultStore, trial_id: str, loss: float, test: datasets.Data,
+def end_epoch(run: Run, trial: TrialHandle, loss: float, test: datasets.Data,
               last: dict) -> tuple[dict, bool]:
     """Evaluate, flush and checkpoint at their cadence; returns (last metrics, evaluated)."""
     cfg = run.cfg
     evaluated = run.epoch % cfg.eval.every == 0 or run.epoch == cfg.train.epochs
     if evaluated:
-        last = _evaluate_and_buffer(run, store.study, trial_id, loss, test)
+        last = _evaluate_and_buffer(run, trial.store.study, trial.id, loss, test)
     checkpoint = run.epoch % cfg.checkpoint.every == 0 or run.epoch == cfg.train.epochs
     if evaluated or checkpoint:              # rows reach storage before anyone sees them
-        flush(run, store, trial_id)
+        flush(run, trial)
     if checkpoint:                           # serialised here, uploaded by the writer
-        run.writer.submit(store.save_checkpoint, trial_id, run.epoch,
+        run.writer.submit(trial.checkpoint, run.epoch,
                           checkpoint_bytes(state_dict(run)), cfg.checkpoint.keep)
     return last, evaluated
 
 
-def _out_of_memory(store, trial_id, node, err) -> FatalTrialError:
+def _out_of_memory(trial, node, err) -> FatalTrialError:
     """A retry on the same share of the same GPU runs out of memory again: fail now."""
     msg = (f"CUDA out of memory on {node}: too many trials or too large a pack on one GPU; "
            f"raise resources.gpu (fewer trials per GPU) or lower `pack` "
            f"({str(err).splitlines()[0][:200]})")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    store.set_status(trial_id, "failed", error=msg)
+    trial.set_status("failed", error=msg)
     return FatalTrialError(msg)
 
 
-def _start(cfg, store, trial_id, node, done, log):
+def _start(cfg, trial, node, done, log):
     """Mark the trial running, load its data and model, resume from its latest checkpoint."""
-    node = mark_running(cfg, store, trial_id, node, done)
+    node = mark_running(cfg, trial, node, done)
     device = setup_torch(cfg)
     train_x, test = load_splits(cfg, device)
-    run = start_run(cfg, store, trial_id, node, log, tuple(train_x.shape[1:]), device,
+    run = start_run(cfg, trial, node, log, tuple(train_x.shape[1:]), device,
                     fresh=done is None)
     return run, train_x, test
 
 
-def mark_running(cfg, store, trial_id, node, done, **status) -> str:
+def mark_running(cfg, trial, node, done, **status) -> str:
     """The trial's status says running (and on which node) before anything can fail."""
     node = node or socket.gethostname()
-    store.set_status(trial_id, "running", config=cfg.to_dict(), epochs=cfg.train.epochs,
+    trial.begin(config=cfg.to_dict(), epochs=cfg.train.epochs,
                      attempts=(done or {}).get("attempts", 0) + 1, node=node, **status)
     return node
 
@@ -295,18 +297,17 @@ def load_splits(cfg: TrialConfig, device: torch.device) -> tuple[torch.Tensor, d
     return splits.train.x.to(device), splits.test.to(device)
 
 
-def start_run(cfg, store, trial_id, node, log, shape, device, fresh: bool = False) -> Run:
+def start_run(cfg, trial, node, log, shape, device, fresh: bool = False) -> Run:
     """Build the trial and resume it from its latest checkpoint on storage; a `fresh` trial
     (no status file before this start) has no rows or checkpoints to look for."""
     run = build(cfg, shape, device)
     run.node = node
     if fresh:
         return run
-    state = store.load_checkpoint(trial_id)
+    state = trial.resume()                             # rows after it are rolled back
     if state is not None:
         load_state(run, state)
-        log(f"[{trial_id}] resuming after epoch {run.epoch} from its checkpoint")
-    store.rollback(trial_id, run.epoch)                 # rows after it are recomputed
+        log(f"[{trial.id}] resuming after epoch {run.epoch} from its checkpoint")
     return run
 
 
@@ -326,20 +327,19 @@ def _timed_epoch(run: Run, train_x: torch.Tensor) -> float:
     return loss
 
 
-def finish_diverged(run, store, trial_id, loss, last, log) -> dict:
+def finish_diverged(run, trial, loss, last, log) -> dict:
     """End the trial as diverged; its rows up to the last good evaluation stay."""
-    log(f"[{trial_id}] diverged at epoch {run.epoch} (loss {loss}); keeping the last good "
+    log(f"[{trial.id}] diverged at epoch {run.epoch} (loss {loss}); keeping the last good "
         "evaluation")
     run.epoch -= 1
-    flush(run, store, trial_id)
+    flush(run, trial)
     run.writer.flush()
-    last = last or last_metrics(store, trial_id)
-    store.finish(trial_id, "diverged", error=f"non-finite loss at epoch {run.epoch + 1}",
-                 final=last)
+    last = last or last_metrics(trial)
+    trial.finish("diverged", error=f"non-finite loss at epoch {run.epoch + 1}", final=last)
     return last
 
 
-def finish_completed(run, store, trial_id, test, last, report) -> dict:
+def finish_completed(run, trial, test, last, report) -> dict:
     """Traversals, merged files, the completed state; then the final report."""
     cfg = run.cfg
     if cfg.eval.traversals:
@@ -348,11 +348,11 @@ def finish_completed(run, store, trial_id, test, last, report) -> dict:
         factors = traversal.pick_factors(mi, cfg.eval.used_threshold)
         images = datasets.as_float(test.x[:cfg.eval.traversal_images])
         png = traversal.montage(run.vae, images, factors)
-        run.writer.submit(store.write_bytes, store.path("traversals", f"{trial_id}.png"), png)
+        run.writer.submit(trial.traversal, png)
     run.writer.flush()                           # every row and checkpoint before the end state
-    last = last or last_metrics(store, trial_id)
-    store.finish(trial_id, "completed", final=last)
-    store.keep_final(trial_id, cfg.checkpoint.final, state_dict(run))   # never resumed now
+    last = last or last_metrics(trial)
+    trial.finish("completed", final=last)
+    trial.keep_final(cfg.checkpoint.final, state_dict(run))   # never resumed now
     if report and last:                     # after finish: a scheduler may stop us here
         report(last)
     return last
@@ -385,8 +385,8 @@ def disentanglement_scores(run: Run, ev: dict, test: datasets.Data) -> dict:
                               seed=(run.cfg.train.seed, run.epoch))
 
 
-def last_metrics(store: ResultStore, trial_id: str) -> dict:
-    t = store.read_trial("trials", trial_id)
+def last_metrics(trial: TrialHandle) -> dict:
+    t = trial.read("trials")
     if t is None or t.num_rows == 0:
         return {}
     row = t.sort_by("epoch").slice(t.num_rows - 1).to_pylist()[0]

@@ -72,7 +72,7 @@ def encoder(store, trial_id: str, cfg, shape: tuple[int, ...]):
     from trainables.data import as_float
     from trainables.vae import VAE
 
-    state = store.load_checkpoint(trial_id)
+    state = store.trial(trial_id).load_checkpoint()
     if state is None:
         return None
     vae = VAE(shape, cfg)
