@@ -154,8 +154,15 @@ class LocalBackend(Backend):
             pass
 
     def delete_many(self, paths: list[str]) -> None:
+        """The files, and their folders where that leaves them empty (as on object stores,
+        where a folder is only a prefix)."""
         for p in paths:
             self.delete(p)
+        for d in sorted({p.rsplit("/", 1)[0] for p in paths}, reverse=True):
+            try:
+                os.rmdir(d)
+            except OSError:                            # not empty, or gone
+                pass
 
     def delete_dir(self, path: str) -> None:
         import shutil
@@ -198,7 +205,8 @@ class S3Backend(Backend):
             from botocore.config import Config
 
             q = uris.query(self.root)
-            self._client = boto3.client(
+            # a session of its own: boto3's default one keeps the first credentials it read
+            self._client = boto3.session.Session().client(
                 "s3", region_name=q.get("region"), endpoint_url=uris.endpoint_url(self.root),
                 config=Config(max_pool_connections=32, connect_timeout=5, read_timeout=30,
                               retries={"mode": "standard", "max_attempts": 4}))

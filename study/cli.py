@@ -138,7 +138,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in args.study:
         root, name = split_study_path(path)
         store = ResultStore(root, check_name(name, "DIR/STUDY"))
-        if not store.exists(store.path("trials")):
+        if not store.listdir(store.path("trials")):
             raise UsageError(f"{path}: no trials/ folder there; not a study with results")
         studies.append((root, store.study))
     opts = Options(threshold=args.threshold, include_running=args.include_running,
@@ -168,7 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     root, name = split_study_path(args.study)
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
-    if not store.exists(store.path("status")) and not store.exists(store.path("study.json")):
+    if not store.listdir(store.path("status")) and not store.exists(store.path("study.json")):
         raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
     print(status_text(store))
     return 0
@@ -181,7 +181,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
     root, name = split_study_path(args.study)
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
-    if not store.exists(store.path("status")) and not store.exists(store.path("study.json")):
+    if not store.listdir(store.path("status")) and not store.exists(store.path("study.json")):
         raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
     from study.runner import hold
 

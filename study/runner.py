@@ -123,7 +123,7 @@ def check_data(configs: list[TrialConfig]) -> None:
 def write_meta(store: ResultStore, spec: StudySpec, trials: list[dict] | None, **extra) -> None:
     """study.json in the current format; `trials` as [{"id", "config"}] (None: keep them)."""
     path = store.path("study.json")
-    old = store.read_json(path) if store.exists(path) else {}
+    old = json.loads(store.read_optional(path) or b"{}")
     from study.provenance import command, now_iso, versions
 
     meta = {**old, "name": spec.name, "format_version": FORMAT_VERSION, "spec": spec.raw,

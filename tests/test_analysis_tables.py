@@ -183,18 +183,24 @@ def test_a_running_trial_without_a_driver_is_stale(study):
 
 
 def test_include_running_compares_at_a_common_epoch(study, tmp_path):
-    """With a live driver the running trial counts, and every trial is read at epoch 1."""
-    import os
+    """With a live driver (one holding the study's lease) the running trial counts, and every
+    trial is read at epoch 1; once the lease is released it is stale and does not count."""
     import shutil
-    import socket
+
+    from analysis import load
+    from resultstore.lease import Lease
     root = str(tmp_path / "copy")
     shutil.copytree(study[0], root)
-    st = ResultStore(root, STUDY)
-    st.write_json(st.path("driver.lock"), {"host": socket.gethostname(), "pid": os.getpid()})
-    t = intrinsic.from_study(root, STUDY, include_running=True)
+    with Lease(ResultStore(root, STUDY), log=lambda s: None):
+        t = intrinsic.from_study(root, STUDY, include_running=True)
+        assert load.driver_alive(root, STUDY)
     assert set(t["epoch_max"].to_list()) == {1}
     b = t.filter(pl.col("sigma2_cfg") == 0.1).row(0, named=True)
     assert b["n"] == 2 and b["n_used_mean"] == 1.5 and b["n_running"] == 1
+    assert not load.driver_alive(root, STUDY)
+    t = intrinsic.from_study(root, STUDY, include_running=True)
+    b = t.filter(pl.col("sigma2_cfg") == 0.1).row(0, named=True)
+    assert b["n"] == 1 and b["n_running"] == 0
 
 
 def test_format_2_files_are_read_with_the_new_columns_null(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from analysis import load
 from study.status import status_text
-from trainables import compact as compaction
+from resultstore import compact as compaction
 from resultstore.store import ResultStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -140,7 +140,7 @@ def test_status_reads_the_table_and_falls_back_to_status_files_when_it_is_stale(
 
 
 @pytest.mark.parametrize("mode", ["weights", "full", "none"])
-def test_a_completed_trial_keeps_only_what_checkpoint_final_says(tmp_path, mode):
+def test_a_completed_trial_keeps_only_what_checkpoint_final_says(tmp_path, mode, monkeypatch):
     import conftest
     from analysis.equivalence import trial_truth
     from trainables.config import TrialConfig
@@ -151,9 +151,10 @@ def test_a_completed_trial_keeps_only_what_checkpoint_final_says(tmp_path, mode)
     store = ResultStore(str(tmp_path), "ck")
     tid = cfg.trial_id()
     sizes = []
-    store_save = store.save_checkpoint
-    store.save_checkpoint = lambda *a, **k: (store_save(*a, **k), sizes.append(
-        Path(store.trial(tid).checkpoints()[-1][1]).stat().st_size))
+    from resultstore.trial import TrialHandle
+    save = TrialHandle.checkpoint                         # measures each checkpoint's size
+    monkeypatch.setattr(TrialHandle, "checkpoint", lambda self, *a, **k: (
+        save(self, *a, **k), sizes.append(Path(self.checkpoints()[-1][1]).stat().st_size)))
     run_trial(cfg, store, log=lambda s: None)
     files = sorted(p.name for p in Path(store.path("checkpoints", tid)).glob("*"))
     assert files == {"weights": ["final.pt"], "full": ["epoch-000003.pt"], "none": []}[mode]
