@@ -85,6 +85,11 @@ def compact(store, grace_s: float = 5.0, log=print) -> int:
     """Merge every finished trial into one file per table; returns how many trials were new.
     The caller holds the study's lease (the runner, `vaestudy compact`)."""
     store.backend.sweep(store.base, SWEEP_AFTER_S)
+    return apply(store, plan(store), grace_s)
+
+
+def plan(store) -> dict[str, tuple]:
+    """Per table: (compact files, trials held, new trials, their files, leftover files)."""
     rows, _ = store.trial_states()
     finished = {t for t, r in rows.items() if r.get("state") in FINISHED}
     plans = {}
@@ -95,6 +100,12 @@ def compact(store, grace_s: float = 5.0, log=print) -> int:
         leftover = [p for t in held & set(parts) for p in parts[t]]   # a crash after publish
         if new or leftover:
             plans[table] = (compacts, held, new, parts, leftover)
+    return plans
+
+
+def apply(store, plans: dict[str, tuple], grace_s: float) -> int:
+    """Publish each table's new generation, then (after `grace_s`) delete what it replaced;
+    a failure, or a generation another compaction published first, deletes nothing."""
     for table, (compacts, held, new, parts, _) in plans.items():
         if new:
             write_generation(store, table, compacts, held, new, parts)
@@ -118,6 +129,10 @@ def write_generation(store, table, compacts, held, new, parts) -> None:
         merged = heapq.merge(old, _new_trials(store, table, new, parts), key=lambda kv: kv[0])
         counts = _write(scratch, table, gen, trials, merged)
         validate(scratch, trials, counts)
+    except FileNotFoundError as e:                # merged and deleted by another compaction
+        _remove(scratch)
+        raise CompactionLost(f"compaction: {e.filename or e} was merged by another compaction "
+                             "meanwhile; this one changed nothing") from None
     except BaseException:
         _remove(scratch)                          # a local path on every backend
         raise

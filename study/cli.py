@@ -4,6 +4,7 @@
     vaestudy resume  DIR/STUDY [--address ADDR]
     vaestudy status  DIR/STUDY
     vaestudy compact DIR/STUDY
+    vaestudy check   DIR/STUDY [--repair]
     vaestudy report  DIR/STUDY [DIR/STUDY ...] [--higgins fast|published|none] [--metrics mig,dci,sap,modularity] [...]
     vaestudy presets
     vaestudy train   --out DIR [--study NAME] [--config FILE] [--set k=v ...]   one trial, no Ray
@@ -197,6 +198,29 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0: nothing found (or all repaired); 1: findings left (without --repair, or lost)."""
+    from resultstore.check import check
+    from study.runner import hold
+    from study.status import split_study_path
+    from resultstore.store import ResultStore
+
+    root, name = split_study_path(args.study)
+    store = ResultStore(root, check_name(name, "DIR/STUDY"))
+    if not store.listdir(store.path("status")) and not store.exists(store.path("study.json")):
+        raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
+    if args.repair:
+        with hold(store, log=lambda line: None):
+            found = check(store, repair=True)
+    else:
+        found = check(store)
+    bad = {k: v for k, v in found.items() if v}
+    print(f"{store.uri()}: " + (", ".join(f"{v} {k}" for k, v in sorted(bad.items())) or
+                                "every row readable exactly once")
+          + (" (repaired)" if args.repair and bad else ""))
+    return 1 if bad.get("lost") or (bad and not args.repair) else 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from study import presets
     from study.spec import parse
@@ -263,6 +287,13 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--grace", type=float, default=5.0, metavar="S",
                     help="seconds readers that listed the old files get before they go [5]")
     co.set_defaults(func=cmd_compact)
+
+    ck = sub.add_parser("check", help="find rows hidden or duplicated by a damaged compact file "
+                                      "or a crash; --repair fixes them, losing nothing")
+    ck.add_argument("study", metavar="DIR/STUDY")
+    ck.add_argument("--repair", action="store_true", help="write what is found back (takes the "
+                                                           "study's lease)")
+    ck.set_defaults(func=cmd_check)
 
     pr = sub.add_parser("presets", help="list the built-in study presets")
     pr.set_defaults(func=cmd_presets)

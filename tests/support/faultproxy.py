@@ -84,8 +84,7 @@ def _handler(proxy: FaultProxy):
             pass
 
         def _any(self):
-            n = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(n) if n else b""
+            body = self._body()
             action = proxy.match(self.command, self.path)
             if action == "fail":
                 return self._reply(500, {"Content-Type": "application/xml"},
@@ -99,15 +98,29 @@ def _handler(proxy: FaultProxy):
             data = resp.read()
             if action == "corrupt" and data:
                 data = bytes(b ^ 0x5A for b in data)
+            length = resp.getheader("Content-Length")         # a HEAD's: the object's size
             out = {k: v for k, v in resp.getheaders() if k.lower() not in HOP | {"content-length"}}
             conn.close()
-            self._reply(resp.status, out, data)
+            self._reply(resp.status, out, data, length if self.command == "HEAD" else None)
 
-        def _reply(self, status: int, headers: dict, data: bytes):
+        def _body(self) -> bytes:
+            """The request body, whole (boto3 streams uploads with chunked encoding)."""
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                out = b""
+                while (size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)):
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+                while self.rfile.readline().strip():     # trailers
+                    pass
+                return out
+            n = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(n) if n else b""
+
+        def _reply(self, status: int, headers: dict, data: bytes, length: str | None = None):
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Length", length or str(len(data)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
