@@ -19,12 +19,9 @@ import numpy as np
 import torch
 
 from trainables.config import DatasetConfig
+from trainables import imagecache
+from trainables.imagecache import IMAGE_SUFFIXES, DataError, decode  # noqa: F401 (re-exported)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".gif")
-
-
-class DataError(ValueError):
-    """Unusable data: the message names the file and what is wrong with it."""
 
 
 @dataclass
@@ -61,7 +58,6 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 def check(cfg: DatasetConfig) -> None:
     """What the driver checks before a study starts, without decoding a big image folder."""
     if cfg.name == "image_folder":
-        from trainables import imagecache
 
         n = imagecache.check_folder(cfg)
         if n < 3:
@@ -90,9 +86,8 @@ def split(data: Data, fractions: tuple[float, float, float], seed: int) -> Split
     n_val = min(n_val, n - n_train - 1)
     parts = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
     if data.mapped is not None:               # read the rows, leave the map unresident
-        from trainables.imagecache import gather
 
-        xs = gather(data.mapped, [p.numpy() for p in parts])
+        xs = imagecache.gather(data.mapped, [p.numpy() for p in parts])
         return Splits(*(Data(torch.from_numpy(x), None, data.index[p]) for x, p in zip(xs, parts)))
     return Splits(*(data.subset(p) for p in parts))
 
@@ -251,31 +246,9 @@ def load_image_folder(cfg: DatasetConfig) -> Data:
     CelebA is used at image_size=64 (App. D); Yale B at 192x168 is kept at its
     own size when image_size is unset, which needs every image to share one size.
     """
-    from trainables import imagecache
 
     x = imagecache.cached(cfg)                                       # [N, C, S, S] uint8 mmap
     return Data(torch.from_numpy(x), None, torch.arange(x.shape[0]), mapped=x)
-
-
-def decode(p: Path, side: int | None) -> np.ndarray:
-    """One image as uint8 [H, W] or [H, W, 3], squared and resized when `side` is set."""
-    from PIL import Image  # torchvision's dependency
-
-    try:
-        with Image.open(p) as im:
-            im = im.convert("L" if im.mode in ("L", "I", "I;16", "1", "P") else "RGB")
-            if side:
-                im = _square(im).resize((side, side), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except OSError as e:
-        raise DataError(f"{p}: unreadable image ({e})") from None
-
-
-def _square(im):
-    w, h = im.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    return im.crop((left, top, left + s, top + s))
 
 
 LOADERS = {"mnist": load_mnist, "intrinsic": load_intrinsic, "npz": load_npz,

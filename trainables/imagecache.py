@@ -22,6 +22,13 @@ import numpy as np
 
 from trainables.config import DatasetConfig
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".gif")
+
+
+class DataError(ValueError):
+    """Unusable data: the message names the file and what is wrong with it."""
+
+
 CACHE_VERSION = 1
 CHUNK_BYTES = 32 << 20             # file reads while gathering a split
 
@@ -31,7 +38,6 @@ def cache_dir() -> Path:
 
 
 def image_files(root: Path) -> list[Path]:
-    from trainables.data import IMAGE_SUFFIXES, DataError
 
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
@@ -59,7 +65,6 @@ def check_folder(cfg: DatasetConfig) -> int:
     """The number of images, from the cache's header or from each image's header."""
     from PIL import Image
 
-    from trainables.data import DataError
 
     path, files = cache_path(cfg)
     if path.exists():
@@ -93,7 +98,6 @@ def cached(cfg: DatasetConfig) -> np.ndarray:
 
 def build(files: list[Path], cfg: DatasetConfig, path: Path) -> None:
     """Decode every image in order and write them as one .npy, atomically."""
-    from trainables.data import DataError, decode
 
     first = _chw(decode(files[0], cfg.image_size))
     shape = (len(files), *first.shape)
@@ -131,3 +135,24 @@ def gather(mm: np.ndarray, parts: list[np.ndarray]) -> list[np.ndarray]:
                 sel = np.nonzero((idx >= lo) & (idx < hi))[0]
                 out[sel] = block[idx[sel] - lo]
     return outs
+
+
+def decode(p: Path, side: int | None) -> np.ndarray:
+    """One image as uint8 [H, W] or [H, W, 3], squared and resized when `side` is set."""
+    from PIL import Image  # torchvision's dependency
+
+    try:
+        with Image.open(p) as im:
+            im = im.convert("L" if im.mode in ("L", "I", "I;16", "1", "P") else "RGB")
+            if side:
+                im = _square(im).resize((side, side), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"{p}: unreadable image ({e})") from None
+
+
+def _square(im):
+    w, h = im.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return im.crop((left, top, left + s, top + s))
