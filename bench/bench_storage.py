@@ -8,6 +8,7 @@ Measures, in one run, with the medians of --repeats runs:
   - object-store requests per trial (20 epochs, evaluated every epoch, checkpoint every 5),
     counted in moto's request log, for the write path before this change (trainables/ of
     commit BEFORE, run from a `git archive` of it) and now; target <= 3 per evaluation;
+  - the same trial fenced (a lease generation, as a study's trials are): the HEADs it adds;
   - store calls made on the training thread between its first and last report (the loop):
     target 0, every write goes through the background writer.
 moto serves ~80 PUTs/s here, so the trials stay at hundreds of objects.
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-BEFORE = "7996e26"                      # main before issue 10: the previous write path
+BEFORE = "d2190cc"                      # main before issue 20: the previous results layer
 TRIAL = {"dataset.name": "intrinsic", "dataset.n": 1500, "dataset.factors": 2,
          "model.latent_dim": 4, "train.epochs": 20, "train.threads": 1, "eval.every": 1,
          "eval.traversals": False, "checkpoint.every": 5}
@@ -38,21 +39,30 @@ TRIAL = {"dataset.name": "intrinsic", "dataset.n": 1500, "dataset.factors": 2,
 RUN = """
 import json, sys, time
 from trainables.config import TrialConfig
-from resultstore.store import ResultStore
+try:                                                   # the code of BEFORE
+    from trainables.store import ResultStore
+    kw = {}
+except ImportError:
+    from resultstore.store import ResultStore
+    kw = {"fence": int(sys.argv[4])} if len(sys.argv) > 4 else {}
 from trainables.train import run_trial
 cfg = TrialConfig.from_dict(json.loads(sys.argv[1]))
 t0 = time.perf_counter()
-run_trial(cfg, ResultStore(sys.argv[2], sys.argv[3]), log=lambda s: None)
+run_trial(cfg, ResultStore(sys.argv[2], sys.argv[3], **kw), log=lambda s: None)
 print(time.perf_counter() - t0)
 """
 
 
-def run_once(code_root: Path, trial: dict, root: str, study: str) -> float:
-    """Seconds of one trial, run by the trainables/ under code_root in a fresh process."""
+def run_once(code_root: Path, trial: dict, root: str, study: str, fence: int | None = None
+             ) -> float:
+    """Seconds of one trial, run by the trainables/ under code_root in a fresh process
+    (`fence`: as a trial of a driver holding that lease generation)."""
     import json
 
     env = {**os.environ, "PYTHONPATH": str(code_root)}
-    out = subprocess.run([sys.executable, "-c", RUN, json.dumps(trial), root, study], env=env,
+    extra = [str(fence)] if fence is not None else []
+    out = subprocess.run([sys.executable, "-c", RUN, json.dumps(trial), root, study, *extra],
+                         env=env,
                          capture_output=True, text=True, timeout=900, cwd=code_root)
     if out.returncode != 0:
         raise SystemExit(out.stderr[-3000:])
@@ -94,8 +104,7 @@ def training_thread_calls(trial: dict, root: str) -> int:
                 return attr(*a, **k)
             return call
 
-    store.fs = Spy(store.fs)
-    store._boto = Spy(store._s3_client())
+    store.backend = Spy(store.backend)
     reports = []
 
     def report(m):
@@ -137,6 +146,9 @@ def report(trial: dict, repeats: int, tmp: Path, s3) -> None:
         before = sum(s3.requests(bucket).values())
         remote.append(run_once(ROOT, trial, s3.uri(bucket), f"s{i}"))
         reqs.setdefault("now", []).append(sum(s3.requests(bucket).values()) - before)
+        bucket = s3.bucket()
+        run_once(ROOT, trial, s3.uri(bucket), f"f{i}", fence=1)
+        reqs.setdefault("fenced", []).append(sum(s3.requests(bucket).values()))
     old = old_tree(tmp)
     if old is not None:
         for i in range(repeats):
@@ -162,6 +174,11 @@ def report(trial: dict, repeats: int, tmp: Path, s3) -> None:
     else:
         print(f"{'S3 requests per evaluation (no git: no baseline)':<44}{'':>12}"
               f"{now / evals:>12.2f}{'':>9}{'<= 3':>10}")
+    fenced = statistics.median(reqs["fenced"])
+    print(f"{'S3 requests per trial, fenced (lease gen 1)':<44}{now:>12.0f}{fenced:>12.0f}"
+          f"{fenced / now:>8.2f}x{'':>10}")
+    print(f"{'  fencing checks per trial (HEADs)':<44}{'':>12}{fenced - now:>12.0f}{'':>9}"
+          f"{'<= 1/eval':>10}")
     print(f"{'store calls on the training thread (loop)':<44}{'':>12}{on_thread:>12}{'':>9}"
           f"{'0':>10}")
 

@@ -498,7 +498,11 @@ class ArrowBackend(Backend):
         return []
 
     def check_conditional(self, folder: str) -> None:
-        """Nothing to check: creates here are check-then-write (see the module doc)."""
+        """Creates here are check-then-write (module doc): said once per lease, not refused,
+        since gs://, hdfs:// and abfs:// users have no other way to run."""
+        print(f"warning: storage {folder.split('/', 1)[0]!r}: create-if-absent is a check, then "
+              "a write here; two drivers started within the same second could both take the "
+              "lease (use s3:// or a shared path where that matters)", flush=True)
 
 
 def _precondition(e) -> bool:

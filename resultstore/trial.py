@@ -78,8 +78,11 @@ class TrialHandle:
         self.set_status("running", **fields)
 
     # ---- segments ----------------------------------------------------------------
-    def append(self, rows: dict[str, list[dict]], first: int, last: int) -> None:
-        """Rows of epochs first..last, one segment per table that has any."""
+    def append(self, rows: dict[str, list[dict]], first: int, last: int,
+               checkpoint: tuple[int, dict | bytes, int] | None = None) -> None:
+        """Rows of epochs first..last, one segment per table that has any; then, where given,
+        the checkpoint (epoch, state, keep) taken after them: one write under one fence
+        check, the segment before the checkpoint (the no-loss order above)."""
         self.check_fence()
         for table, table_rows in rows.items():
             if table_rows:
@@ -87,6 +90,8 @@ class TrialHandle:
                 self._write(table, t, first, last)
                 if table == "trials":                  # `finish` stamps it without a read
                     self._last = (first, last, t)
+        if checkpoint is not None:
+            self._checkpoint(*checkpoint)
 
     def _write(self, table: str, t: pa.Table, first: int, last: int) -> None:
         self.store.write_parquet(self.store.path(table, self.id, part_name(first, last)), t)
@@ -174,6 +179,9 @@ class TrialHandle:
     def checkpoint(self, epoch: int, state: dict | bytes, keep: int) -> None:
         """Write a checkpoint (a state dict, or `checkpoint_bytes` of one), keep `keep`."""
         self.check_fence()
+        self._checkpoint(epoch, state, keep)
+
+    def _checkpoint(self, epoch: int, state: dict | bytes, keep: int) -> None:
         data = state if isinstance(state, bytes) else checkpoint_bytes(state)
         self.store.write_bytes(self.store.path("checkpoints", self.id, checkpoint_name(epoch)),
                                data)

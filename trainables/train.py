@@ -194,10 +194,11 @@ def set_generator(run: Run, gen_state: torch.Tensor) -> None:
         run.gen.manual_seed(run.cfg.train.seed * 1_000_003 + int(run.epoch))
 
 
-def flush(run: Run, trial: TrialHandle) -> None:
-    """Hand the rows buffered since the last flush to the run's writer as one segment."""
-    if any(run.rows.values()):
-        run.writer.submit(trial.append, run.rows, run.flushed + 1, run.epoch)
+def flush(run: Run, trial: TrialHandle, checkpoint: tuple | None = None) -> None:
+    """Hand the rows buffered since the last flush to the run's writer as one segment, and
+    the checkpoint (epoch, bytes, keep) that follows it, as one write (one fence check)."""
+    if any(run.rows.values()) or checkpoint:
+        run.writer.submit(trial.append, run.rows, run.flushed + 1, run.epoch, checkpoint)
     run.rows = {"trials": [], "factors": [], "codes": []}
     run.flushed = run.epoch
 
@@ -248,10 +249,9 @@ def end_epoch(run: Run, trial: TrialHandle, loss: float, test: datasets.Data,
         last = _evaluate_and_buffer(run, trial.store.study, trial.id, loss, test)
     checkpoint = run.epoch % cfg.checkpoint.every == 0 or run.epoch == cfg.train.epochs
     if evaluated or checkpoint:              # rows reach storage before anyone sees them
-        flush(run, trial)
-    if checkpoint:                           # serialised here, uploaded by the writer
-        run.writer.submit(trial.checkpoint, run.epoch,
-                          checkpoint_bytes(state_dict(run)), cfg.checkpoint.keep)
+        ckpt = (run.epoch, checkpoint_bytes(state_dict(run)), cfg.checkpoint.keep) \
+            if checkpoint else None         # serialised here, uploaded by the writer
+        flush(run, trial, ckpt)
     return last, evaluated
 
 
