@@ -47,7 +47,10 @@ from study.spec import parse, trial_configs
 from study import runner
 from study.status import status_text
 from study.tracker import StatusTracker
-from resultstore.store import ResultStore
+try:                                     # BASE's code, where it runs from its tree
+    from trainables.store import ResultStore
+except ImportError:
+    from resultstore.store import ResultStore
 st = ResultStore(sys.argv[1], sys.argv[2])
 meta = st.read_json(st.path("study.json"))
 t = time.perf_counter()
@@ -60,7 +63,10 @@ TRIAL_SNIPPET = """
 import resource, sys, time, json
 import torch
 from trainables.config import TrialConfig
-from resultstore.store import ResultStore
+try:                                     # BASE's code, where it runs from its tree
+    from trainables.store import ResultStore
+except ImportError:
+    from resultstore.store import ResultStore
 from trainables.train import run_trial
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
@@ -255,10 +261,7 @@ def _timed(fn):
 
 
 def _count_files(store) -> int:
-    import pyarrow.fs as pafs
-
-    sel = pafs.FileSelector(store.base, recursive=True, allow_not_found=True)
-    return sum(1 for i in store.fs.get_file_info(sel) if i.type == pafs.FileType.File)
+    return len(store.backend.walk(store.base))
 
 
 def local_section(tab: Table, tmp: Path, base: Path, a) -> None:
