@@ -53,10 +53,7 @@ def _scheduler(scfg: SearchConfig, spec):
 
 def write_pareto(store: ResultStore, scfg: SearchConfig) -> int:
     """analysis/pareto.parquet: the non-dominated completed trials on the search's objectives."""
-    import io
-
     import polars as pl
-    import pyarrow.parquet as pq
 
     from analysis import load
     from analysis.tradeoff import pareto_mask
@@ -70,7 +67,5 @@ def write_pareto(store: ResultStore, scfg: SearchConfig) -> int:
     front = rows.filter(pareto_mask(rows, objectives)).select(
         "trial_id", "noise", "beta", "sigma2", "equivalent_sigma2", "latent_dim", "seed", "epoch",
         *objectives).sort(scfg.objectives[0][0])
-    buf = io.BytesIO()
-    pq.write_table(front.to_arrow(), buf)
-    store.write_bytes(store.path("analysis", "pareto.parquet"), buf.getvalue())
+    store.write_parquet(store.path("analysis", "pareto.parquet"), front.to_arrow())
     return front.height
