@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 
 from resultstore import uri as uris
 from resultstore.backend import StorageIOError, open_backend
-from resultstore.format import (FORMAT_KEY, FORMAT_VERSION, READ_THREADS, SCHEMAS, STALE_TABLE_S,
-                            STATES, STATUS_SCHEMA, STATUS_TABLE, check_format, status_row)
+from resultstore.format import (FORMAT_KEY, FORMAT_VERSION, READ_THREADS, STALE_TABLE_S, STATES,
+                               STATUS_SCHEMA, STATUS_TABLE, check_format, status_row)
 from resultstore.uri import StoreError
 
 

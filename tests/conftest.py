@@ -35,6 +35,28 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    """One moto S3 server on 127.0.0.1 per test module (no credentials of anyone's): its
+    'host:port'; the test credentials are set in the environment while it runs."""
+    from moto.server import ThreadedMotoServer
+
+    old = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(S3_ENV)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        yield "%s:%d" % server.get_host_and_port()
+    finally:
+        server.stop()
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
 def tiny(**over):
     """A trial config small enough to train in about a second on one core, on the CPU
     (results are compared exactly, and a GPU's kernels need not match the CPU's)."""

@@ -18,25 +18,6 @@ from resultstore.store import ResultStore
 from resultstore.trial import FencedOut
 from support.faultproxy import FaultProxy
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-          "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """One moto S3 server on 127.0.0.1 for this module (no credentials of anyone's)."""
-    from moto.server import ThreadedMotoServer
-
-    old = {k: os.environ.get(k) for k in S3_ENV}
-    os.environ.update(S3_ENV)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        yield "%s:%d" % server.get_host_and_port()
-    finally:
-        server.stop()
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -46,7 +27,7 @@ def root(request, tmp_path):
         return str(tmp_path / "res")
     import boto3
 
-    endpoint = request.getfixturevalue("s3_server")
+    endpoint = request.getfixturevalue("moto_server")
     bucket = "lease-" + uuid.uuid4().hex[:12]
     boto3.client("s3", endpoint_url=f"http://{endpoint}").create_bucket(Bucket=bucket)
     return f"s3://{bucket}/res?endpoint_override={endpoint}&scheme=http&region=us-east-1"
@@ -190,17 +171,17 @@ def test_a_driver_that_cannot_renew_for_half_its_ttl_stops(tmp_path):
     assert any(line.startswith("lease lost: not renewed for") for line in said), said
 
 
-def test_a_server_that_ignores_if_none_match_is_refused(s3_server):
+def test_a_server_that_ignores_if_none_match_is_refused(moto_server):
     import boto3
 
     bucket = "lease-" + uuid.uuid4().hex[:12]
-    boto3.client("s3", endpoint_url=f"http://{s3_server}").create_bucket(Bucket=bucket)
-    with FaultProxy(s3_server) as proxy:
+    boto3.client("s3", endpoint_url=f"http://{moto_server}").create_bucket(Bucket=bucket)
+    with FaultProxy(moto_server) as proxy:
         proxy.drop_header("If-None-Match")
         root = f"s3://{bucket}/res?endpoint_override={proxy.endpoint}&scheme=http&region=us-east-1"
         with pytest.raises(leases.StoreError, match="ignores conditional writes"):
             Lease(ResultStore(root, "s")).acquire()
-    assert _records(root.replace(proxy.endpoint, s3_server)) == {}
+    assert _records(root.replace(proxy.endpoint, moto_server)) == {}
 
 
 def _factor(epoch: int) -> dict:

@@ -1,9 +1,8 @@
-"""Faults injected against the real storage: a moto S3 server on loopback behind a fault proxy
+"""Faults injected against the real storage: a moto_server S3 server on loopback behind a fault proxy
 (tests/support/faultproxy.py), and local disk. Each test ends with every (trial, epoch) row
 readable exactly once through `analysis.load`, and through DuckDB on a local copy."""
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
@@ -18,36 +17,18 @@ from resultstore.lease import Lease
 from resultstore.store import ResultStore
 from support.faultproxy import FaultProxy
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-          "AWS_DEFAULT_REGION": "us-east-1"}
 TRIALS, EPOCHS = 6, 2
 
 
-@pytest.fixture(scope="module")
-def moto():
-    from moto.server import ThreadedMotoServer
-
-    old = {k: os.environ.get(k) for k in S3_ENV}
-    os.environ.update(S3_ENV)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        yield "%s:%d" % server.get_host_and_port()
-    finally:
-        server.stop()
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
 @pytest.fixture
-def s3(moto):
+def s3(moto_server):
     """(root through the fault proxy, boto3 client straight to the server, proxy)."""
     import boto3
 
     bucket = "f-" + uuid.uuid4().hex[:12]
-    client = boto3.client("s3", endpoint_url=f"http://{moto}")
+    client = boto3.client("s3", endpoint_url=f"http://{moto_server}")
     client.create_bucket(Bucket=bucket)
-    with FaultProxy(moto) as proxy:
+    with FaultProxy(moto_server) as proxy:
         yield (f"s3://{bucket}/res?endpoint_override={proxy.endpoint}&scheme=http"
                f"&region=us-east-1", client, bucket, proxy)
 
@@ -164,7 +145,6 @@ def test_check_finds_and_repairs_a_short_compact_file_of_an_earlier_version(tmp_
     footer lists every trial but that holds none of their rows."""
     import json
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from resultstore.format import FORMAT_KEY, SCHEMAS

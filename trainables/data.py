@@ -20,7 +20,7 @@ import torch
 
 from trainables.config import DatasetConfig
 from trainables import imagecache
-from trainables.imagecache import IMAGE_SUFFIXES, DataError, decode  # noqa: F401 (re-exported)
+from trainables.imagecache import DataError
 
 
 
