@@ -1,5 +1,6 @@
 """Faults around a study: unusable storage, two studies at once in one root, a second
 driver on a running study. Each ends with every (trial_id, epoch) stored exactly once."""
+import json
 import subprocess
 import sys
 import time
@@ -81,4 +82,6 @@ def test_a_second_driver_on_a_running_study_is_refused(tmp_path):
             first.kill()
     rows = pl.read_parquet(ResultStore(str(root), "busy").glob("trials"))
     assert rows.height == 12 and rows.n_unique(["trial_id", "epoch"]) == 12
-    assert not list(lock.glob("driver-*.json"))
+    held = sorted(lock.glob("driver-*.json"))                  # kept, marked released
+    assert [p.name for p in held] == ["driver-000001.json"]
+    assert json.loads(held[0].read_text())["released"]
