@@ -76,9 +76,9 @@ def trial_row(root: str, study: str, t: dict, names, seed: int, costs: dict) -> 
 def metrics_table(root: str, study: str, names=None, seed: int = 0,
                   costs: dict | None = None, log=None) -> pl.DataFrame:
     """The table for `names` (default: METRICS' DEFAULT); `costs` collects seconds per metric."""
-    from analysis.metrics import DEFAULT
+    from analysis.metrics import ALIASES, DEFAULT
 
-    names = DEFAULT if names is None else tuple(names)
+    names = DEFAULT if names is None else tuple(ALIASES.get(n, n) for n in names)
     costs = {} if costs is None else costs
     rows = []
     for t in trial_inputs(root, study).iter_rows(named=True):

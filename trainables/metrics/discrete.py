@@ -3,7 +3,7 @@
 Arrays here are points-first: codes mu [N, H], factors y [N, P] (disentanglement_lib
 stores them transposed). Codes are always cut into `bins` equal-width histogram
 bins (`_histogram_discretize`). A factor with at most `DISCRETE_LIMIT` (64) distinct
-values is discrete (dSprites' 3 shapes, 6 scales, 40 orientations and 32 x 32
+values (seen twice each on average) is discrete (dSprites' 3 shapes, 6 scales, 40 orientations and 32 x 32
 positions; Shapes3D's 10 hues) and keeps its values as classes, as
 disentanglement_lib, whose data sets hand it factor indices, never bins them; a
 factor with more values (intrinsic's y ~ N(0, I), distinct at every point) is
@@ -30,8 +30,10 @@ def histogram_discretize(x: np.ndarray, bins: int = BINS) -> np.ndarray:
 
 
 def is_discrete(y: np.ndarray, limit: int = DISCRETE_LIMIT) -> np.ndarray:
-    """Per factor [P]: at most `limit` distinct values."""
-    return np.array([len(np.unique(y[:, j])) <= limit for j in range(y.shape[1])], dtype=bool)
+    """Per factor [P]: at most `limit` distinct values, each seen twice on average (a
+    continuous factor on a handful of stored points is not discrete)."""
+    n = [len(np.unique(y[:, j])) for j in range(y.shape[1])]
+    return np.array([k <= limit and 2 * k <= len(y) for k in n], dtype=bool)
 
 
 def factor_classes(y: np.ndarray, bins: int = BINS) -> np.ndarray:

@@ -50,12 +50,12 @@ def compute_sap(mu: np.ndarray, y: np.ndarray, random_state: np.random.Generator
                 bins: int = discrete.BINS, train_fraction: float = 0.8) -> dict:
     """{"sap": float} from codes mu [N, H] and factors y [N, P]."""
     mu, y = discrete.check_inputs(mu, y)
-    classes = bool(discrete.is_discrete(y).all())                      # per data set
+    classes = discrete.factor_classes(y) if discrete.is_discrete(y).all() else None
     tr, te = discrete.split(len(mu), random_state, train_fraction)
     cols = []
     for k in range(y.shape[1]):
-        if classes:
-            cols.append(svm_column(mu[tr], y[tr, k], mu[te], y[te, k]))
+        if classes is not None:                                         # per data set
+            cols.append(svm_column(mu[tr], classes[tr, k], mu[te], classes[te, k]))
         else:
             cols.append(r2_column(mu, y[:, k]))
     return {"sap": top_two_gap(np.stack(cols, axis=1))}
