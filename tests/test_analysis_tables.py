@@ -112,6 +112,35 @@ def test_intrinsic_dimension_table_by_hand(study):
     assert learned["equivalent_sigma2"] == pytest.approx(0.02) and learned["frac_at_P"] == 1.0
 
 
+def sweep(means_by_setting, P=3, sd=0.0):
+    """An intrinsic-dimension table of one noise kind, 5 seeds per setting, the used
+    counts of each setting given per seed."""
+    rows = []
+    for i, counts in enumerate(means_by_setting):
+        for seed, c in enumerate(counts):
+            rows.append({"config_key": f"c{i}", "series_key": f"s{i}", "dataset": "intrinsic",
+                         "noise": "specified", "beta": 1.0, "sigma2_cfg": 0.01 * (i + 1),
+                         "latent_dim": 8, "seed": seed, "epoch": 10,
+                         "equivalent_sigma2": 0.01 * (i + 1), "equivalent_sigma2_arith": 0.0,
+                         "pi_at_floor": 0.0, "sigma2": 0.01 * (i + 1), "n_used": c,
+                         "n_normal": 8 - c, **{m: 0.0 for m in intrinsic.MEANS[2:]},
+                         "recon_mse": 0.0, "true_factors": P, "state": "completed"})
+    return intrinsic.aggregate(pl.DataFrame(rows).lazy()).collect()
+
+
+def test_a_sweep_through_p_without_a_plateau_is_no_and_a_plateau_is_yes():
+    """Issue 21: a count falling from H to 0 passes through P; one setting there said Yes."""
+    through = sweep([[8] * 5, [6] * 5, [3] * 5, [1] * 5, [0] * 5])
+    text = intrinsic.reached_p(through)
+    assert text.startswith("Theorem 1 check: No") and "5 of 25 trials" in text
+    noisy = sweep([[8] * 5, [1, 3, 5, 3, 3], [3, 1, 5, 3, 3], [0] * 5])   # intervals too wide
+    assert intrinsic.reached_p(noisy).startswith("Theorem 1 check: No")
+    flat = sweep([[8] * 5, [3] * 5, [3, 3, 3, 3, 4], [1] * 5])
+    text = intrinsic.reached_p(flat)
+    assert text.startswith("Theorem 1 check: Yes") and "over 2 adjacent settings" in text
+    assert "9 of 20 trials had exactly P" in text
+
+
 def test_threshold_recounts_used_factors_from_the_factors_table(study):
     root, _ = study
     t = intrinsic.from_study(root, STUDY, threshold=5.0)
@@ -121,7 +150,8 @@ def test_threshold_recounts_used_factors_from_the_factors_table(study):
 def test_reached_p_sentence_and_summary_table(study):
     root, _ = study
     text = intrinsic.reached_p(intrinsic.from_study(root, STUDY))
-    assert text.startswith("Theorem 1 check: Yes") and "P = 3" in text
+    assert text.startswith("Theorem 1 check: No") and "P = 3" in text   # 2 seeds: no interval
+    assert "2 of 4 trials had exactly P" in text
     summary = report.summary_table(root, STUDY)
     lines = summary.splitlines()
     assert len(lines) == 1 + 3 + 1 and "3.5 (n=2)" in summary and "P = 3" in lines[-1]
