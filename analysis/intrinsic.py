@@ -17,6 +17,7 @@ from __future__ import annotations
 import polars as pl
 
 from analysis import load, stats
+from trainables.saturation import ESTIMATE_POINTS, SATURATION_MARGIN
 
 GROUP = ["config_key", "series_key", "dataset", "noise", "beta", "sigma2_cfg", "latent_dim"]
 
@@ -40,20 +41,39 @@ def factor_counts(factors: pl.LazyFrame, rows: pl.LazyFrame,
         pl.col("mi").filter(used).sum().alias("mi_used"))
 
 
+def unsaturated(col: str) -> pl.Expr:
+    """`col` (kl_qz_pz_est or tc_est) nulled where the row's I(x;z) lower bound is within
+    SATURATION_MARGIN of log N (`trainables.saturation`): rows written before issue 21
+    stored the biased values; the rule is the one `estimates` now applies."""
+    n = pl.min_horizontal(pl.col("eval_points").fill_null(ESTIMATE_POINTS), ESTIMATE_POINTS)
+    cap = n.cast(pl.Float64).log() - SATURATION_MARGIN
+    return pl.when(pl.col("mi_xz_est") <= cap).then(pl.col(col)).otherwise(None).alias(col)
+
+
 def per_trial(rows: pl.LazyFrame, factors: pl.LazyFrame,
               threshold: float | None = None) -> pl.LazyFrame:
     """One row per counted trial (`load.counted`) with its factor counts and indicators."""
     counts = factor_counts(factors, rows, threshold)
     return (rows.join(counts, on=["trial_id", "epoch"], how="left")
             .with_columns(pl.coalesce("n_used", "n_used_factors").alias("n_used"),
-                          pl.coalesce("n_normal", "n_normal_variance_factors").alias("n_normal")))
+                          pl.coalesce("n_normal", "n_normal_variance_factors").alias("n_normal"),
+                          unsaturated("kl_qz_pz_est"), unsaturated("tc_est")))
 
 
 MEANS = ("n_used", "n_normal", "mi_xz", "kl_qz_pz", "mi_xz_est", "kl_qz_pz_est", "tc_est", "evlb")
 
 
+SATURABLE = ("kl_qz_pz_est", "tc_est")      # null where the MI bound saturates
+
+
 def _agg(col: str) -> list[pl.Expr]:
+    """Mean and sd; for a SATURABLE estimate null where any seed's is (a mean over the
+    unsaturated seeds alone would be biased low)."""
     c = pl.col(col)
+    if col in SATURABLE:
+        whole = c.null_count() == 0
+        return [pl.when(whole).then(c.mean()).alias(f"{col}_mean"),
+                pl.when(whole).then(c.std()).alias(f"{col}_std")]
     return [c.mean().alias(f"{col}_mean"), c.std().alias(f"{col}_std")]
 
 

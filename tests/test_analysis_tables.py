@@ -271,3 +271,12 @@ def test_a_search_front_names_its_own_objectives():
     assert figures.search_objectives(front) == ["evlb", "kl_qz_pz", "recon_mse"]
     fig = figures.draw("search_front", figures.Tables({"search_front": front}))
     assert "recon_mse" in fig.axes[0].get_title()
+
+
+def test_stored_kl_and_tc_estimates_are_dropped_where_the_mi_bound_saturates():
+    """Rows written before issue 21 hold KL and TC estimates biased by I - log N."""
+    rows = pl.DataFrame({"mi_xz_est": [2.0, 4.5, 6.8, 3.0], "eval_points": [1000, 1000, 5000, 100],
+                         "kl_qz_pz_est": [0.1, 4.6, 16.0, 0.2], "tc_est": [0.1, 4.6, 15.9, 0.2]})
+    got = rows.select(intrinsic.unsaturated("kl_qz_pz_est"), intrinsic.unsaturated("tc_est"))
+    assert got["kl_qz_pz_est"].to_list() == [0.1, None, None, None]   # log 100 - 3 = 1.6 < 3
+    assert got["tc_est"].to_list() == [0.1, None, None, None]
