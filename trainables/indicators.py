@@ -94,9 +94,10 @@ def post_var(mu, logvar) -> torch.Tensor:
 
 
 def estimates(mu, logvar, generator: torch.Generator | None = None,
-              points: int = ESTIMATE_POINTS, chunk: int = 64) -> dict[str, float | None]:
+              points: int = ESTIMATE_POINTS, chunk: int = 64,
+              margin: float = SATURATION_MARGIN) -> dict[str, float | None]:
     """MC estimates: a lower bound of I(x;z), and KL(q(z)||p(z)) and the total correlation
-    (None where the bound is `saturated`), one z sample per point of the first `points`
+    (None where the bound is `saturated` within `margin`; -inf keeps them), one z sample per point of the first `points`
     points; q(z) = (1/N) sum_n q(z|x_n) over those points. Evaluated in chunks of `chunk`
     points, so memory is [chunk, N, H] whatever N; in float32: those log densities
     dominate the cost (3x faster than float64), which grows as N^2."""
@@ -114,7 +115,7 @@ def estimates(mu, logvar, generator: torch.Generator | None = None,
     log_qzx, log_qz, log_marg = torch.cat(log_qzx), torch.cat(log_qz), torch.cat(log_marg)
     log_pz = -0.5 * (LOG_2PI + z.pow(2)).sum(1)                         # log N(z | 0, I)
     mi = float((log_qzx - log_qz).double().mean())
-    if saturated(mi, N):
+    if saturated(mi, N, margin):
         return {"mi_xz_est": mi, "kl_qz_pz_est": None, "tc_est": None}
     return {"mi_xz_est": mi, "kl_qz_pz_est": float((log_qz - log_pz).double().mean()),
             "tc_est": float((log_qz - log_marg).double().mean())}

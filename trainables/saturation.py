@@ -13,6 +13,6 @@ ESTIMATE_POINTS = 1000            # the aggregate posterior's points for the MC 
 SATURATION_MARGIN = 3.0           # nats below log N under which KL and TC are estimated
 
 
-def saturated(mi_est: float, points: int) -> bool:
-    """Whether the MI lower bound is within SATURATION_MARGIN of its cap log(points)."""
-    return mi_est > math.log(points) - SATURATION_MARGIN
+def saturated(mi_est: float, points: int, margin: float = SATURATION_MARGIN) -> bool:
+    """Whether the MI lower bound is within `margin` nats of its cap log(points)."""
+    return mi_est > math.log(points) - margin
