@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from analysis.metrics import METRICS, compute_betavae, compute_factor_vae, parse_names
-from trainables.metrics.discrete import BINS, DISCRETE_LIMIT, entropy, factor_classes, histogram_discretize, \
-    mutual_info
+from trainables.metrics.discrete import BINS, DISCRETE_LIMIT, entropy, factor_classes, \
+    histogram_discretize, mutual_info
 from analysis.metrics.dci import completeness, disentanglement
 from trainables.metrics.modularity import modularity
 from analysis.metrics.truth import grid_lookup, grid_truth
@@ -82,7 +82,8 @@ def test_a_rotation_mixing_two_factors_scores_clearly_lower(y, name, key):
     assert score(name, rotated(y), y)[key] < score(name, y, y)[key] - 0.2
 
 
-RANDOM = [("mig", "mig", 0.05), ("sap", "sap", 0.05), ("dci_lasso", "dci_lasso_disentanglement", None),
+RANDOM = [("mig", "mig", 0.05), ("sap", "sap", 0.05),
+          ("dci_lasso", "dci_lasso_disentanglement", None),
           ("dci_lasso", "dci_lasso_completeness", None), ("modularity", "modularity", 0.35)]
 
 

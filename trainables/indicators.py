@@ -97,10 +97,10 @@ def estimates(mu, logvar, generator: torch.Generator | None = None,
               points: int = ESTIMATE_POINTS, chunk: int = 64,
               margin: float = SATURATION_MARGIN) -> dict[str, float | None]:
     """MC estimates: a lower bound of I(x;z), and KL(q(z)||p(z)) and the total correlation
-    (None where the bound is `saturated` within `margin`; -inf keeps them), one z sample per point of the first `points`
-    points; q(z) = (1/N) sum_n q(z|x_n) over those points. Evaluated in chunks of `chunk`
-    points, so memory is [chunk, N, H] whatever N; in float32: those log densities
-    dominate the cost (3x faster than float64), which grows as N^2."""
+    (None where the bound is `saturated` within `margin`; -inf keeps them), one z sample
+    per point of the first `points` points; q(z) = (1/N) sum_n q(z|x_n) over those points.
+    Evaluated in chunks of `chunk` points, so memory is [chunk, N, H] whatever N; in
+    float32: those log densities dominate the cost (3x faster than float64), ~ N^2."""
     mu, logvar = mu[:points].float(), logvar[:points].float()          # [N, H]
     N = mu.shape[0]
     eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float64)

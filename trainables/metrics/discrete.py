@@ -2,14 +2,15 @@
 
 Arrays here are points-first: codes mu [N, H], factors y [N, P] (disentanglement_lib
 stores them transposed). Codes are always cut into `bins` equal-width histogram
-bins (`_histogram_discretize`). A factor with at most `DISCRETE_LIMIT` (64) distinct
-values (seen twice each on average) is discrete (dSprites' 3 shapes, 6 scales, 40 orientations and 32 x 32
-positions; Shapes3D's 10 hues) and keeps its values as classes, as
-disentanglement_lib, whose data sets hand it factor indices, never bins them; a
-factor with more values (intrinsic's y ~ N(0, I), distinct at every point) is
-continuous and cut into `bins` like a code. Up to issue 21 the limit was `bins`
-(20), which re-binned dSprites' positions and orientation (MIG 0.872 where the
-reference gives 0.819).
+bins (`_histogram_discretize`). A factor with at most `DISCRETE_LIMIT` (64)
+distinct values, each seen twice on average, is discrete (dSprites' 3 shapes,
+6 scales, 40 orientations and 32 x 32 positions; Shapes3D's 10 hues) and keeps
+its values as classes, as disentanglement_lib, whose data sets hand it factor
+indices, never bins them; a factor with more values (intrinsic's y ~ N(0, I),
+distinct at every point) is continuous and cut into `bins` like a code. Up to
+issue 21 the limit was `bins` (20), which re-binned dSprites' positions and
+orientation (issue 21 measured MIG 0.872 there where the reference's code gives
+0.819; not re-measured here: no dSprites and no reference install on this machine).
 """
 from __future__ import annotations
 
