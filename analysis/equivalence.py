@@ -3,11 +3,10 @@
 - across seeds: trials of one configuration that differ only in seed, their used
   factors' posterior means on the same evaluation points aligned by an orthogonal
   Procrustes fit and by the best signed permutation, each fitted on one half of the
-  points and scored (R^2) on the other; the same on row-shuffled pairs (the null:
-  unrelated codes); per configuration the mean Procrustes-minus-permutation
-  difference over seed pairs with a 95% interval over seeds (pairs sharing a seed
-  are not independent: a leave-one-seed-out jackknife, `stats.pair_interval`), and
-  a verdict only where the interval of its excess over the null excludes 0 (`seed_agreement`);
+  points and scored (R^2) on the other (`agreement.pair_statistic`); per configuration
+  the mean Procrustes-minus-permutation difference over seed pairs with a 95% interval
+  over seeds, and an equivalence verdict with a margin on both sides whose error rates
+  were measured on codes of known truth (`agreement`, `calibration`, docs/analysis.md);
 - against ground truth (data with known factors): R^2 of the best linear map from
   the used factors to the true ones, and the axis alignment of the fitted rotation;
 - the Higgins et al. metric per trial, and under random rotations of its used
@@ -21,13 +20,17 @@ from itertools import combinations
 import numpy as np
 import polars as pl
 
-from analysis import align, load, stats
+from analysis import agreement, align, load, stats
 from analysis.higgins import GroundTruth, compute_higgins
 
 PAIR_SCHEMA = {"config_key": pl.String, "trial_a": pl.String, "trial_b": pl.String,
                "seed_a": pl.Int64, "seed_b": pl.Int64, "k_a": pl.Int64, "k_b": pl.Int64,
-               "points": pl.Int64, "procrustes_r2": pl.Float64, "permutation_r2": pl.Float64,
-               "null_procrustes_r2": pl.Float64, "null_permutation_r2": pl.Float64}
+               "points": pl.Int64, "procrustes_r2": pl.Float64, "permutation_r2": pl.Float64}
+AGREEMENT_SCHEMA = {"config_key": pl.String, "seeds": pl.Int64, "pairs": pl.Int64,
+                    "procrustes_r2": pl.Float64, "permutation_r2": pl.Float64,
+                    "diff_mean": pl.Float64, "diff_low": pl.Float64, "diff_high": pl.Float64,
+                    "procrustes_low": pl.Float64, "procrustes_high": pl.Float64,
+                    "verdict": pl.String}
 TRUTH_SCHEMA = {"trial_id": pl.String, "config_key": pl.String, "seed": pl.Int64,
                 "n_used": pl.Int64, "true_factors": pl.Int64, "linear_r2": pl.Float64,
                 "axis_alignment": pl.Float64}
@@ -75,21 +78,14 @@ def _common(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
     return ma[:, a["used_idx"] or []], mb[:, b["used_idx"] or []]
 
 
-def pair_scores(za: np.ndarray, zb: np.ndarray, seed: int = 0) -> dict:
-    """Held-out R^2 of both alignments for a pair, and for the pair with zb's rows shuffled
-    (the null: the same codes, unrelated point by point)."""
-    rng = np.random.default_rng(seed)
-    shuffled = zb[rng.permutation(len(zb))]
-    out = {}
-    for prefix, b in (("", zb), ("null_", shuffled)):
-        for name, fit in (("procrustes", align.procrustes), ("permutation",
-                                                              align.signed_permutation)):
-            out[f"{prefix}{name}_r2"] = align.heldout_r2(za, b, fit, np.random.default_rng(seed))
-    return out
+def pair_rng(seed: int, key: str, a: int, b: int) -> np.random.Generator:
+    """Each pair's own split of the points: independent across pairs, reproducible."""
+    import zlib
+    return np.random.default_rng([seed, zlib.crc32(key.encode()), a, b])
 
 
 def seed_pairs(per_trial: pl.DataFrame, seed: int = 0, max_seeds: int = MAX_SEEDS) -> pl.DataFrame:
-    """Held-out Procrustes vs signed-permutation R^2 (and the null's) for every pair of seeds
+    """Held-out Procrustes vs signed-permutation R^2 for every pair of seeds
     of one configuration, among its first `max_seeds` seeds (pairs grow as seeds squared;
     20 seeds give 190 pairs, plenty for the interval over seeds)."""
     rows = []
@@ -101,54 +97,31 @@ def seed_pairs(per_trial: pl.DataFrame, seed: int = 0, max_seeds: int = MAX_SEED
                 continue
             za, zb = _common(a, b)
             ok = za.shape[1] > 0 and zb.shape[1] > 0 and len(za) >= 8
-            scores = pair_scores(za, zb, seed) if ok else {}
+            scores = agreement.pair_statistic(za, zb, pair_rng(seed, key, a["seed"], b["seed"])) \
+                if ok else {}
             rows.append({"config_key": key, "trial_a": a["trial_id"], "trial_b": b["trial_id"],
                          "seed_a": a["seed"], "seed_b": b["seed"], "k_a": za.shape[1],
                          "k_b": zb.shape[1], "points": len(za), **scores})
     return pl.DataFrame(rows, schema=PAIR_SCHEMA)
 
 
-def verdict(excess: tuple, perm_excess: tuple) -> str:
-    """Theorems 4-5's verdict from the t-intervals (mean, low, high, n) of (a) the
-    Procrustes-minus-permutation difference's excess over the null and (b) the
-    permutation R^2's excess over the null; '' (no verdict) where neither excludes 0."""
-    _, lo, hi, n = excess
-    if n < 2 or not np.isfinite(lo):
-        return ""
-    if lo > 0:
-        return "rotation, not a signed permutation"
-    if perm_excess[1] > 0 and hi < 0.05:
-        return "signed permutation"
-    return ""
-
-
 def seed_agreement(pairs: pl.DataFrame) -> pl.DataFrame:
-    """Per configuration: n seeds and their pairs, the held-out Procrustes-minus-permutation
-    difference (mean over pairs, 95% interval over seeds: `stats.pair_interval`), the null's
-    mean difference, and the verdict."""
+    """Per configuration: n seeds and their pairs, mean held-out R^2 of both alignments, the
+    Procrustes-minus-permutation difference (mean over pairs, 95% interval over seeds), the
+    Procrustes R^2's interval, and the verdict (`agreement.decide`)."""
     rows = []
     for (key,), g in pairs.drop_nulls("procrustes_r2").group_by("config_key",
                                                                 maintain_order=True):
-        sa, sb = g["seed_a"].to_numpy(), g["seed_b"].to_numpy()
-        diff = (g["procrustes_r2"] - g["permutation_r2"]).to_numpy()
-        null = (g["null_procrustes_r2"] - g["null_permutation_r2"]).to_numpy()
-        excess = stats.pair_interval(diff - null, sa, sb)
-        perm = stats.pair_interval((g["permutation_r2"] - g["null_permutation_r2"]).to_numpy(),
-                                   sa, sb)
-        m, lo, hi, n = stats.pair_interval(diff, sa, sb)
-        rows.append({"config_key": key, "seeds": n, "pairs": g.height,
+        ci = agreement.config_interval(g["procrustes_r2"], g["permutation_r2"],
+                                       g["seed_a"].to_numpy(), g["seed_b"].to_numpy())
+        rows.append({"config_key": key, "seeds": ci["seeds"], "pairs": g.height,
                      "procrustes_r2": g["procrustes_r2"].mean(),
                      "permutation_r2": g["permutation_r2"].mean(),
-                     "diff_mean": m, "diff_low": lo, "diff_high": hi,
-                     "null_diff_mean": float(np.mean(null)),
-                     "excess_low": excess[1], "excess_high": excess[2],
-                     "verdict": verdict(excess, perm)})
-    schema = {"config_key": pl.String, "seeds": pl.Int64, "pairs": pl.Int64,
-              "procrustes_r2": pl.Float64, "permutation_r2": pl.Float64,
-              "diff_mean": pl.Float64, "diff_low": pl.Float64, "diff_high": pl.Float64,
-              "null_diff_mean": pl.Float64, "excess_low": pl.Float64,
-              "excess_high": pl.Float64, "verdict": pl.String}
-    return pl.DataFrame(rows, schema=schema).with_columns(pl.col(pl.Float64).fill_nan(None))
+                     **{k: ci[k] for k in ("diff_mean", "diff_low", "diff_high",
+                                           "procrustes_low", "procrustes_high")},
+                     "verdict": agreement.decide(ci)})
+    return (pl.DataFrame(rows, schema=AGREEMENT_SCHEMA)
+            .with_columns(pl.col(pl.Float64).fill_nan(None)))
 
 
 def ground_truth(per_trial: pl.DataFrame) -> pl.DataFrame:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import polars as pl
 
 from analysis import load, stats
+from trainables.saturation import ESTIMATE_POINTS, SATURATION_MARGIN
 
 GROUP = ["config_key", "series_key", "dataset", "noise", "beta", "sigma2_cfg", "latent_dim"]
 
@@ -40,20 +41,39 @@ def factor_counts(factors: pl.LazyFrame, rows: pl.LazyFrame,
         pl.col("mi").filter(used).sum().alias("mi_used"))
 
 
+def unsaturated(col: str) -> pl.Expr:
+    """`col` (kl_qz_pz_est or tc_est) nulled where the row's I(x;z) lower bound is within
+    SATURATION_MARGIN of log N (`trainables.saturation`): rows written before issue 21
+    stored the biased values; the rule is the one `estimates` now applies."""
+    n = pl.min_horizontal(pl.col("eval_points").fill_null(ESTIMATE_POINTS), ESTIMATE_POINTS)
+    cap = n.cast(pl.Float64).log() - SATURATION_MARGIN
+    return pl.when(pl.col("mi_xz_est") <= cap).then(pl.col(col)).otherwise(None).alias(col)
+
+
 def per_trial(rows: pl.LazyFrame, factors: pl.LazyFrame,
               threshold: float | None = None) -> pl.LazyFrame:
     """One row per counted trial (`load.counted`) with its factor counts and indicators."""
     counts = factor_counts(factors, rows, threshold)
     return (rows.join(counts, on=["trial_id", "epoch"], how="left")
             .with_columns(pl.coalesce("n_used", "n_used_factors").alias("n_used"),
-                          pl.coalesce("n_normal", "n_normal_variance_factors").alias("n_normal")))
+                          pl.coalesce("n_normal", "n_normal_variance_factors").alias("n_normal"),
+                          unsaturated("kl_qz_pz_est"), unsaturated("tc_est")))
 
 
 MEANS = ("n_used", "n_normal", "mi_xz", "kl_qz_pz", "mi_xz_est", "kl_qz_pz_est", "tc_est", "evlb")
 
 
+SATURABLE = ("kl_qz_pz_est", "tc_est")      # null where the MI bound saturates
+
+
 def _agg(col: str) -> list[pl.Expr]:
+    """Mean and sd; for a SATURABLE estimate null where any seed's is (a mean over the
+    unsaturated seeds alone would be biased low)."""
     c = pl.col(col)
+    if col in SATURABLE:
+        whole = c.null_count() == 0
+        return [pl.when(whole).then(c.mean()).alias(f"{col}_mean"),
+                pl.when(whole).then(c.std()).alias(f"{col}_std")]
     return [c.mean().alias(f"{col}_mean"), c.std().alias(f"{col}_std")]
 
 
@@ -80,6 +100,7 @@ def aggregate(rows: pl.LazyFrame) -> pl.LazyFrame:
                   pl.col("recon_mse").mean().alias("recon_mse_mean"),
                   P.first().alias("true_factors"),
                   (used == P).mean().alias("frac_at_P"),
+                  (used == P).sum().cast(pl.Int64).alias("n_at_P"),
                   (used - P).abs().mean().alias("mae_P"),
                   pl.col("state").eq("running").sum().alias("n_running"))
              .sort("noise", "equivalent_sigma2", "beta"))
@@ -103,25 +124,60 @@ def from_study(root: str, study: str, threshold: float | None = None,
     return intrinsic_dimension(rows, load.scan_factors(root, study), threshold).collect()
 
 
+def at_p_intervals(known: pl.DataFrame, P: int) -> pl.DataFrame:
+    """Each configuration with `plateau`: its used-count interval (mean +- the 95%
+    t half width, n >= 3) contains P and excludes P - 1 and P + 1."""
+    lo = pl.col("n_used_mean") - pl.col("n_used_half")
+    hi = pl.col("n_used_mean") + pl.col("n_used_half")
+    ok = (pl.col("n") >= stats.MIN_N) & (lo <= P) & (hi >= P) & (lo > P - 1) & (hi < P + 1)
+    return known.sort("noise", "equivalent_sigma2", "beta").with_columns(
+        ok.fill_null(False).alias("plateau"))
+
+
+def plateau_runs(known: pl.DataFrame, P: int) -> list[list[dict]]:
+    """Runs of at least two adjacent settings (one noise kind, ordered by equivalent
+    variance) whose intervals each contain P and exclude P +- 1: Theorem 1's plateau.
+    A count falling from H to 0 across a sweep passes through P at one setting, or at
+    several without intervals that exclude P +- 1; neither is a plateau."""
+    runs, cur = [], []
+    for noise, g in at_p_intervals(known, P).group_by("noise", maintain_order=True):
+        for r in g.iter_rows(named=True):
+            if r["plateau"]:
+                cur.append(r)
+                continue
+            runs, cur = runs + ([cur] if len(cur) >= 2 else []), []
+        runs, cur = runs + ([cur] if len(cur) >= 2 else []), []
+    return runs
+
+
 def reached_p(table: pl.DataFrame) -> str | None:
-    """One paragraph on Theorem 1: did the used-factor count reach the data's true P?"""
+    """One paragraph on Theorem 1: does the used-factor count plateau at the data's true P?"""
     known = table.filter(pl.col("true_factors").is_not_null() & pl.col("n_used_mean").is_not_null())
     if known.is_empty():
         return None
     P = int(known["true_factors"][0])
-    at_p = known.select((pl.col("frac_at_P") * pl.col("seeds")).round().sum()).item()
-    n_trials = int(known["seeds"].sum())
-    configs = known.filter(pl.col("frac_at_P") > 0).height
+    runs = plateau_runs(known, P)
+    at_p, n_trials = int(known["n_at_P"].sum()), int(known["n"].sum())
+    configs = known.filter(pl.col("n_at_P") > 0).height
     best = known.sort("mae_P", "equivalent_sigma2").row(0, named=True)
-    verdict = "Yes" if at_p else "No"
-    return (f"Theorem 1 check: {verdict}, the used-factor count (mi_h > 0.5 nats, App. E) "
-            f"{'reached' if at_p else 'did not reach'} the data's true intrinsic dimension "
-            f"P = {P} in {int(at_p)} of {n_trials} trials ({configs} of {known.height} "
-            f"configurations had a seed at P); counts ranged from {known['n_used_min'].min()} "
-            f"to {known['n_used_max'].max()} across the sweep. Closest to P: {best['noise']} "
-            f"noise, beta = {best['beta']:g}, equivalent variance "
-            f"{best['equivalent_sigma2']:.3g}, {best['n_used_mean']:.2f} used factors on "
-            f"average over {best['seeds']} seed{'s' if best['seeds'] != 1 else ''}.")
+    if runs:
+        widest = max(runs, key=len)
+        said = (f"Yes, the used-factor count (mi_h > 0.5 nats, App. E) plateaus at the data's "
+                f"true intrinsic dimension P = {P}: over {len(widest)} adjacent settings of "
+                f"{widest[0]['noise']} noise (equivalent variance "
+                f"{widest[0]['equivalent_sigma2']:.3g} to {widest[-1]['equivalent_sigma2']:.3g})"
+                f" the 95% interval of the seed mean contains P and excludes P ± 1.")
+    else:
+        said = (f"No, the used-factor count (mi_h > 0.5 nats, App. E) does not plateau at the "
+                f"data's true intrinsic dimension P = {P}: no two adjacent settings of one noise "
+                f"kind have 95% intervals of the seed mean (n ≥ {stats.MIN_N}) that contain P "
+                "and exclude P ± 1.")
+    return (f"Theorem 1 check: {said} {at_p} of {n_trials} trials had exactly P used factors "
+            f"({configs} of {known.height} configurations had a trial at P); counts ranged "
+            f"from {known['n_used_min'].min()} to {known['n_used_max'].max()} across the sweep. "
+            f"Closest to P: {best['noise']} noise, beta = {best['beta']:g}, equivalent "
+            f"variance {best['equivalent_sigma2']:.3g}, {best['n_used_mean']:.2f} used factors "
+            f"on average over {best['n']} trial{'s' if best['n'] != 1 else ''}.")
 
 
 def learned_noise(rows: pl.LazyFrame) -> pl.LazyFrame:

@@ -112,6 +112,35 @@ def test_intrinsic_dimension_table_by_hand(study):
     assert learned["equivalent_sigma2"] == pytest.approx(0.02) and learned["frac_at_P"] == 1.0
 
 
+def sweep(means_by_setting, P=3, sd=0.0):
+    """An intrinsic-dimension table of one noise kind, 5 seeds per setting, the used
+    counts of each setting given per seed."""
+    rows = []
+    for i, counts in enumerate(means_by_setting):
+        for seed, c in enumerate(counts):
+            rows.append({"config_key": f"c{i}", "series_key": f"s{i}", "dataset": "intrinsic",
+                         "noise": "specified", "beta": 1.0, "sigma2_cfg": 0.01 * (i + 1),
+                         "latent_dim": 8, "seed": seed, "epoch": 10,
+                         "equivalent_sigma2": 0.01 * (i + 1), "equivalent_sigma2_arith": 0.0,
+                         "pi_at_floor": 0.0, "sigma2": 0.01 * (i + 1), "n_used": c,
+                         "n_normal": 8 - c, **{m: 0.0 for m in intrinsic.MEANS[2:]},
+                         "recon_mse": 0.0, "true_factors": P, "state": "completed"})
+    return intrinsic.aggregate(pl.DataFrame(rows).lazy()).collect()
+
+
+def test_a_sweep_through_p_without_a_plateau_is_no_and_a_plateau_is_yes():
+    """Issue 21: a count falling from H to 0 passes through P; one setting there said Yes."""
+    through = sweep([[8] * 5, [6] * 5, [3] * 5, [1] * 5, [0] * 5])
+    text = intrinsic.reached_p(through)
+    assert text.startswith("Theorem 1 check: No") and "5 of 25 trials" in text
+    noisy = sweep([[8] * 5, [1, 3, 5, 3, 3], [3, 1, 5, 3, 3], [0] * 5])   # intervals too wide
+    assert intrinsic.reached_p(noisy).startswith("Theorem 1 check: No")
+    flat = sweep([[8] * 5, [3] * 5, [3, 3, 3, 3, 4], [1] * 5])
+    text = intrinsic.reached_p(flat)
+    assert text.startswith("Theorem 1 check: Yes") and "over 2 adjacent settings" in text
+    assert "9 of 20 trials had exactly P" in text
+
+
 def test_threshold_recounts_used_factors_from_the_factors_table(study):
     root, _ = study
     t = intrinsic.from_study(root, STUDY, threshold=5.0)
@@ -121,7 +150,8 @@ def test_threshold_recounts_used_factors_from_the_factors_table(study):
 def test_reached_p_sentence_and_summary_table(study):
     root, _ = study
     text = intrinsic.reached_p(intrinsic.from_study(root, STUDY))
-    assert text.startswith("Theorem 1 check: Yes") and "P = 3" in text
+    assert text.startswith("Theorem 1 check: No") and "P = 3" in text   # 2 seeds: no interval
+    assert "2 of 4 trials had exactly P" in text
     summary = report.summary_table(root, STUDY)
     lines = summary.splitlines()
     assert len(lines) == 1 + 3 + 1 and "3.5 (n=2)" in summary and "P = 3" in lines[-1]
@@ -247,3 +277,12 @@ def test_a_search_front_names_its_own_objectives():
     assert figures.search_objectives(front) == ["evlb", "kl_qz_pz", "recon_mse"]
     fig = figures.draw("search_front", figures.Tables({"search_front": front}))
     assert "recon_mse" in fig.axes[0].get_title()
+
+
+def test_stored_kl_and_tc_estimates_are_dropped_where_the_mi_bound_saturates():
+    """Rows written before issue 21 hold KL and TC estimates biased by I - log N."""
+    rows = pl.DataFrame({"mi_xz_est": [2.0, 4.5, 6.8, 3.0], "eval_points": [1000, 1000, 5000, 100],
+                         "kl_qz_pz_est": [0.1, 4.6, 16.0, 0.2], "tc_est": [0.1, 4.6, 15.9, 0.2]})
+    got = rows.select(intrinsic.unsaturated("kl_qz_pz_est"), intrinsic.unsaturated("tc_est"))
+    assert got["kl_qz_pz_est"].to_list() == [0.1, None, None, None]   # log 100 - 3 = 1.6 < 3
+    assert got["tc_est"].to_list() == [0.1, None, None, None]

@@ -127,3 +127,35 @@ def test_the_paper_bounds_miss_a_redundant_pair_that_the_estimates_see():
     assert got["mi_xz_est"] < float(ind.mi_xz(mu, logvar)) - 0.3
     assert got["kl_qz_pz_est"] == pytest.approx(want["kl_qz_pz_est"], abs=0.08)     # 0.41
     assert got["tc_est"] > 0.3
+
+
+def factorised(I: float, H: int = 10, M: int = 1000, seed: int = 0):
+    """Factorised Gaussian codes with q(z) = N(0, I) exactly (true KL = TC = 0) and
+    I(x;z) = I nats: s2 = exp(-2 I / H), mu ~ N(0, (1 - s2) I)."""
+    s2 = math.exp(-2 * I / H)
+    return gaussian_codes(np.eye(H) * (1 - s2), s2, M, seed)
+
+
+def test_estimates_at_4_nats_are_within_a_quarter_nat_and_the_mi_is_a_lower_bound():
+    mu, logvar = factorised(4.0)
+    got = ind.estimates(mu, logvar, torch.Generator().manual_seed(0), points=1000)
+    assert 4.0 - 0.3 <= got["mi_xz_est"] <= 4.0                       # a lower bound
+    assert abs(got["kl_qz_pz_est"]) <= 0.25 and abs(got["tc_est"]) <= 0.25
+
+
+@pytest.mark.parametrize("I", [10.0, 20.0])
+def test_kl_and_tc_are_not_estimated_where_the_mi_bound_nears_log_n(I):
+    """Issue 21: at I = 11.5 and 23 nats they read 4.6 and 16 for a true 0."""
+    mu, logvar = factorised(I)
+    got = ind.estimates(mu, logvar, torch.Generator().manual_seed(0), points=1000)
+    assert got["mi_xz_est"] <= math.log(1000) + 1e-5 < I       # capped (float32), below the truth
+    assert ind.saturated(got["mi_xz_est"], 1000)
+    assert got["kl_qz_pz_est"] is None and got["tc_est"] is None
+
+
+def test_estimates_are_the_same_whatever_the_chunk():
+    mu, logvar = factorised(4.0, M=300)
+    a = ind.estimates(mu, logvar, torch.Generator().manual_seed(1), chunk=7)
+    b = ind.estimates(mu, logvar, torch.Generator().manual_seed(1), chunk=300)
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=1e-4)

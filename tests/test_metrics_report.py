@@ -28,7 +28,7 @@ def test_one_row_per_trial_from_the_stored_codes_and_reasons_for_the_rest(tiny):
     assert table.height == 2 and table["trial_id"].n_unique() == 2
     assert set(COLUMNS) <= set(table.columns)
     assert table["points"].to_list() == [50, 50]
-    for c in ("mig", "sap", "dci_disentanglement", "modularity", "explicitness"):
+    for c in ("mig", "sap", "dci_lasso_informativeness", "modularity", "explicitness"):
         assert table[c].is_not_null().all() and ((table[c] >= 0) & (table[c] <= 1)).all(), c
     assert table["factorvae"].is_null().all()
     assert table["not_applicable"].str.contains("factorvae: the trial has no checkpoint").all()
@@ -63,7 +63,7 @@ def test_report_cli_writes_metrics_parquet_and_refuses_unknown_names(tiny):
     assert "metrics cost: mig:" in r.stdout
     table = pl.read_parquet(Path(study) / "analysis" / "metrics.parquet")
     assert table.height == 2 and table["mig"].is_not_null().all()
-    assert table["dci_disentanglement"].is_null().all()          # not asked for
+    assert table["dci_lasso_disentanglement"].is_null().all()    # not asked for
     assert "Disentanglement metrics" in (Path(study) / "report.md").read_text()
 
 

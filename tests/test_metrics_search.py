@@ -71,3 +71,19 @@ def test_a_search_on_recon_mse_and_mig_tells_optuna_the_stored_values(tmp_path):
     for t in study.get_trials():
         row = last.filter(pl.col("trial_id") == t.user_attrs["trial_id"]).row(0, named=True)
         assert t.values == pytest.approx([row["recon_mse"], row["mig"]])
+
+
+def test_a_trial_computes_its_metrics_without_importing_the_analysis():
+    """The per-evaluation metrics live in trainables.metrics; analysis.metrics re-exports."""
+    import subprocess
+    import sys
+
+    import analysis.metrics as registry
+    import trainables.metrics as below
+    assert registry.compute_mig is below.compute_mig and registry.SEARCHABLE is below.SEARCHABLE
+    code = ("import sys, trainables.train, trainables.metrics\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'analysis'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -20,7 +20,7 @@ ARCHS = ("auto", "conv2", "conv4", "mnist", "celeba", "yaleb")
 SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
-EVAL_METRICS = ("mig", "sap", "modularity")   # analysis.metrics.SEARCHABLE: cheap per evaluation
+EVAL_METRICS = ("mig", "sap", "modularity")   # trainables.metrics.SEARCHABLE: cheap per evaluation
 RUNTIME_KEYS = {"train": ("threads", "fault_epoch_delay"),   # how a trial runs, not what it computes
                 "checkpoint": ("final",)}     # what a completed trial keeps: the same trial
 # The keys results format 1 hashed into a trial id (all of them, defaults included);

@@ -10,11 +10,21 @@ upper bound of the true I(x;z), and `kl_qz_pz` (Def. 4 with the exact q*) =
 KL(q*(z)||p(z)) sees only each factor's second moment, so two factors that encode
 the same variable count twice in the one and not at all in the other. `estimates`
 adds Monte-Carlo estimates of the quantities themselves, with q(z) the aggregate
-posterior of the first `ESTIMATE_POINTS` evaluation points (the minibatch-weighted
+posterior of the first N = `ESTIMATE_POINTS` evaluation points (the minibatch-weighted
 sampling estimator of beta-TCVAE, Chen et al. 2018, with that set as the batch):
-`mi_xz_est` = I(x;z), `kl_qz_pz_est` = KL(q(z)||p(z)) and `tc_est` = the total
-correlation KL(q(z)||prod_h q(z_h)). Each is at most log(ESTIMATE_POINTS) nats
-(about 6.9) where it measures a dependence on x, so large I(x;z) saturates there.
+- `mi_xz_est`, a lower bound of I(x;z): each point's own density is in the mixture, so
+  it is InfoNCE with the encoder as critic (Poole et al. 2019), at most log N (6.9 nats
+  at N = 1,000) whatever I(x;z) is;
+- `kl_qz_pz_est` = KL(q(z)||p(z)) and `tc_est` = the total correlation
+  KL(q(z)||prod_h q(z_h)): the same mixture over-weights each point's own component,
+  so the information the MI bound misses lands in them (Def. 1 = I + KL): biased
+  upward by about I(x;z) - mi_xz_est. They are None (not estimated) where mi_xz_est
+  is within SATURATION_MARGIN (3 nats) of log N: on factorised Gaussian codes with
+  true KL = TC = 0 (tests/test_indicators.py, docs/analysis.md's estimator table)
+  the bias is about 0.2 nats at that margin and grows to many nats as I(x;z) passes
+  log N. No estimator removes the cap: reading I(x;z) = 20 nats needs about e^20
+  points. `analysis.intrinsic.per_trial` applies the same rule to rows stored
+  before issue 21.
 """
 from __future__ import annotations
 
@@ -23,7 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-ESTIMATE_POINTS = 1000            # the aggregate posterior's points for the MC estimates
+from trainables.saturation import ESTIMATE_POINTS, SATURATION_MARGIN, saturated  # noqa: F401
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -83,10 +94,13 @@ def post_var(mu, logvar) -> torch.Tensor:
 
 
 def estimates(mu, logvar, generator: torch.Generator | None = None,
-              points: int = ESTIMATE_POINTS, chunk: int = 64) -> dict[str, float]:
-    """MC estimates of I(x;z), KL(q(z)||p(z)) and the total correlation, one z sample per
-    point of the first `points` points; q(z) = (1/N) sum_n q(z|x_n) over those points.
-    In float32: the [chunk, N, H] log densities dominate the cost (3x faster than float64)."""
+              points: int = ESTIMATE_POINTS, chunk: int = 64,
+              margin: float = SATURATION_MARGIN) -> dict[str, float | None]:
+    """MC estimates: a lower bound of I(x;z), and KL(q(z)||p(z)) and the total correlation
+    (None where the bound is `saturated` within `margin`; -inf keeps them), one z sample
+    per point of the first `points` points; q(z) = (1/N) sum_n q(z|x_n) over those points.
+    Evaluated in chunks of `chunk` points, so memory is [chunk, N, H] whatever N; in
+    float32: those log densities dominate the cost (3x faster than float64), ~ N^2."""
     mu, logvar = mu[:points].float(), logvar[:points].float()          # [N, H]
     N = mu.shape[0]
     eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float64)
@@ -100,8 +114,10 @@ def estimates(mu, logvar, generator: torch.Generator | None = None,
         log_marg.append((torch.logsumexp(lq, 1) - math.log(N)).sum(1))  # sum_h q(z_h)  [c]
     log_qzx, log_qz, log_marg = torch.cat(log_qzx), torch.cat(log_qz), torch.cat(log_marg)
     log_pz = -0.5 * (LOG_2PI + z.pow(2)).sum(1)                         # log N(z | 0, I)
-    return {"mi_xz_est": float((log_qzx - log_qz).double().mean()),
-            "kl_qz_pz_est": float((log_qz - log_pz).double().mean()),
+    mi = float((log_qzx - log_qz).double().mean())
+    if saturated(mi, N, margin):
+        return {"mi_xz_est": mi, "kl_qz_pz_est": None, "tc_est": None}
+    return {"mi_xz_est": mi, "kl_qz_pz_est": float((log_qz - log_pz).double().mean()),
             "tc_est": float((log_qz - log_marg).double().mean())}
 
 
@@ -112,7 +128,7 @@ FACTORS = {"mi": mi_per_factor, "post_var": post_var, "qstar_var": qstar_var}
 
 @dataclass
 class Indicators:
-    scalars: dict[str, float]          # Def. 1, 2, 4, 5 and the two counts
+    scalars: dict[str, float | None]   # Def. 1, 2, 4, 5, the two counts, the MC estimates
     factors: dict[str, torch.Tensor]   # per factor: mi, post_var, qstar_var, used
 
 

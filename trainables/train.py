@@ -377,7 +377,7 @@ def disentanglement_scores(run: Run, ev: dict, test: datasets.Data) -> dict:
     names = run.cfg.eval.metrics
     if not names or test.factors is None:
         return {}
-    from analysis.metrics import compute_searchable
+    from trainables.metrics import compute_searchable
 
     n = ev["eval_points"]
     return compute_searchable(names, ev["mu"].double().cpu().numpy(),            # [n, H]

@@ -3,28 +3,29 @@
 Two kinds, as in disentanglement_lib (`compute_x(data, representation_fn,
 random_state, **hparams) -> dict`):
 - on stored codes, `compute_x(mu [N, H], y [N, P], random_state, **hparams)`: any trial's
-  codes table (`mu`, `truth`) recomputes them, whatever its size: mig, dci, dci_gbt,
+  codes table (`mu`, `truth`) recomputes them, whatever its size: mig, dci_lasso, dci_gbt,
   sap, modularity, explicitness (disentanglement_lib computes the last two together:
   `compute_modularity_explicitness`; apart here, as explicitness costs 100x more);
 - on fresh observations, `compute_x(truth, representation_fn, random_state, **hparams)`:
   factorvae, betavae, where the data set can render images for chosen factor values
   (`truth.ground_truth`).
-`METRICS[name].columns` are the columns each one fills in analysis/metrics.parquet.
+`METRICS[name].columns` are the columns each one fills in analysis/metrics.parquet; no two
+metrics share a column. MIG, SAP and modularity live in `trainables.metrics` (a trial
+computes them at each evaluation) and are re-exported here.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
 from analysis.metrics.dci import compute_dci
 from analysis.metrics.factorvae import FAST as FACTORVAE_FAST
 from analysis.metrics.factorvae import compute_factor_vae
-from analysis.metrics.mig import compute_mig
-from analysis.metrics.modularity import compute_explicitness, compute_modularity_explicitness
-from analysis.metrics.sap import compute_sap
-
-BETAVAE_FAST = {"batch_size": 64, "num_train": 300, "num_eval": 200}
+from analysis.higgins import FAST as HIGGINS_FAST
+from trainables.metrics import SEARCHABLE, compute_searchable, stream
+from trainables.metrics.mig import compute_mig
+from trainables.metrics.modularity import compute_explicitness, compute_modularity_explicitness
+from trainables.metrics.sap import compute_sap
 
 
 def compute_betavae(truth, representation_fn, random_state, batch_size: int = 64,
@@ -32,12 +33,16 @@ def compute_betavae(truth, representation_fn, random_state, batch_size: int = 64
     """The BetaVAE (Higgins et al.) metric through `analysis.higgins.compute_higgins`."""
     from analysis.higgins import compute_higgins
 
-    params = inspect.signature(compute_higgins).parameters
-    sizes = {"num_train": num_train, "num_eval": num_eval} if "num_train" in params else \
-        {"n_train": num_train, "n_test": num_eval}
-    out = compute_higgins(truth, representation_fn, random_state, batch_size=batch_size, **sizes)
-    return {"betavae_train": out.get("train_accuracy"),
-            "betavae_eval": out.get("eval_accuracy", out.get("score"))}
+    out = compute_higgins(truth, representation_fn, random_state, batch_size=batch_size,
+                          num_train=num_train, num_eval=num_eval)
+    return {"betavae_train": out["train_accuracy"], "betavae_eval": out["eval_accuracy"]}
+
+
+def _prefixed(fn: Callable, prefix: str) -> Callable:
+    """A DCI variant writing its own columns: dci_x -> {prefix}_x."""
+    def run(*args, **kw) -> dict:
+        return {k.replace("dci_", f"{prefix}_", 1): v for k, v in fn(*args, **kw).items()}
+    return run
 
 
 def _rename(fn: Callable, names: dict[str, str]) -> Callable:
@@ -46,60 +51,57 @@ def _rename(fn: Callable, names: dict[str, str]) -> Callable:
     return run
 
 
+def _dci_columns(prefix: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}_{c}" for c in ("disentanglement", "completeness", "informativeness"))
+
+
 @dataclass(frozen=True)
 class Metric:
     fn: Callable[..., dict]
     kind: str                                 # "codes" | "render"
     columns: tuple[str, ...]
     hparams: dict = field(default_factory=dict)   # the report's setting
+    title: str = ""                               # what the report calls it
 
 
 METRICS = {
-    "mig": Metric(compute_mig, "codes", ("mig",)),
-    "dci": Metric(compute_dci, "codes", ("dci_disentanglement", "dci_completeness",
-                                         "dci_informativeness"), {"importance": "lasso"}),
-    "dci_gbt": Metric(compute_dci, "codes", ("dci_disentanglement", "dci_completeness",
-                                             "dci_informativeness"),
-                      {"importance": "gbt", "codes": "used"}),
-    "sap": Metric(compute_sap, "codes", ("sap",)),
+    "mig": Metric(compute_mig, "codes", ("mig",), title="MIG"),
+    "dci_lasso": Metric(_prefixed(compute_dci, "dci_lasso"), "codes", _dci_columns("dci_lasso"),
+                        {"importance": "lasso"},
+                        "DCI, Lasso (Eastwood & Williams' linear variant; not "
+                        "disentanglement_lib's)"),
+    "dci_gbt": Metric(_prefixed(compute_dci, "dci_gbt"), "codes", _dci_columns("dci_gbt"),
+                      {"importance": "gbt"}, "DCI, gradient-boosted trees on all codes "
+                                             "(disentanglement_lib's)"),
+    "sap": Metric(compute_sap, "codes", ("sap",), title="SAP"),
     "modularity": Metric(compute_modularity_explicitness, "codes", ("modularity",),
-                         {"explicit": False}),
-    "explicitness": Metric(compute_explicitness, "codes", ("explicitness",)),
+                         {"explicit": False}, "modularity"),
+    "explicitness": Metric(compute_explicitness, "codes", ("explicitness",),
+                           title="explicitness"),
     "factorvae": Metric(_rename(compute_factor_vae, {"eval_accuracy": "factorvae",
                                                      "train_accuracy": "factorvae_train"}),
-                        "render", ("factorvae", "factorvae_train"), FACTORVAE_FAST),
-    "betavae": Metric(compute_betavae, "render", ("betavae_train", "betavae_eval"), BETAVAE_FAST),
+                        "render", ("factorvae", "factorvae_train"), FACTORVAE_FAST,
+                        "FactorVAE (fast setting)"),
+    "betavae": Metric(compute_betavae, "render", ("betavae_train", "betavae_eval"),
+                      HIGGINS_FAST, "BetaVAE (the report's fast Higgins setting)"),
 }
-DEFAULT = ("mig", "dci", "sap", "modularity")
-SEARCHABLE = ("mig", "sap", "modularity")     # cheap enough for every evaluation
-
-
-def compute_searchable(names, mu, y, seed) -> dict:
-    """{name: score} for names in SEARCHABLE on codes mu [N, H] and factors y [N, P], as a
-    trial computes them at each evaluation (modularity without explicitness)."""
-    import numpy as np
-
-    out = {}
-    for name in names:
-        rng = np.random.default_rng([*np.atleast_1d(seed), list(METRICS).index(name)])
-        out[name] = METRICS[name].fn(mu, y, rng, **METRICS[name].hparams)[name]
-    return out
+ALIASES = {"dci": "dci_lasso"}                # the name issue 16 gave the Lasso variant
+DEFAULT = ("mig", "dci_lasso", "sap", "modularity")
 
 
 def parse_names(text: str) -> tuple[str, ...]:
     """'mig,sap' -> ("mig", "sap"); 'none' -> (); ValueError naming an unknown one."""
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    names = tuple(ALIASES.get(n.strip(), n.strip()) for n in text.split(",") if n.strip())
     if names in (("none",), ()):
         return ()
     for n in names:
         if n not in METRICS:
             raise ValueError(f"--metrics: unknown metric {n!r}; allowed: "
-                             f"{', '.join(METRICS)} (comma-separated), or none")
-    return names
+                             f"{', '.join(METRICS)} (comma-separated; dci = dci_lasso), or none")
+    return tuple(dict.fromkeys(names))
 
 
 __all__ = ["METRICS", "DEFAULT", "SEARCHABLE", "Metric", "parse_names", "compute_searchable",
-           "compute_mig",
-           "compute_dci", "compute_sap", "compute_modularity_explicitness", "compute_explicitness",
-           "compute_factor_vae",
+           "stream", "compute_mig", "compute_dci", "compute_sap",
+           "compute_modularity_explicitness", "compute_explicitness", "compute_factor_vae",
            "compute_betavae"]

@@ -7,19 +7,21 @@ importance; completeness: 1 - H_H(R_.k) per factor, weighted likewise;
 informativeness: how well the predictors do on held-out points.
 
 `importance` picks the predictor (Eastwood & Williams leave it open; they use lasso
-and random forests):
-- `"gbt"`: disentanglement_lib's GradientBoostingClassifier (scikit-learn defaults)
-  on the factor's class (20 bins of a continuous factor); informativeness is its
-  held-out accuracy. Comparable with published numbers, but 20 classes x 100 stages
-  make 2,000 trees per factor: ~40 s per factor on 800 points and 4 codes here.
-- `"lasso"` (the report's default): Eastwood & Williams' linear choice, a Lasso
-  (alpha 0.02) of the standardised factor on the standardised codes, R = |W|;
+and random forests); each is its own metric with its own columns (`METRICS`):
+- `"gbt"` (`dci_gbt`, opt-in): disentanglement_lib's GradientBoostingClassifier
+  (scikit-learn defaults) on every code, predicting the factor's class (discrete
+  factors by value, continuous ones in 20 bins: `discrete.factor_classes`);
+  informativeness is its held-out accuracy. Comparable with published numbers, but
+  20 classes x 100 stages make 2,000 trees per factor: minutes per trial on 128 codes.
+- `"lasso"` (`dci_lasso`, the report's default): Eastwood & Williams' linear choice, a
+  Lasso (alpha 0.02) of the standardised factor on the standardised codes, R = |W|;
   informativeness is the held-out R^2 (clipped at 0). Milliseconds; treats a factor's
-  values as numbers, so for categorical factors (dSprites' shape) prefer "gbt".
-`codes` restricts the predictors to some code dimensions (the report passes each
-trial's used factors, MI > 0.5 nats, to "gbt"); the others get importance 0. Trees
-on 4 used codes instead of 128 are ~30x cheaper; a code outside the set could only
-add the small importance trees give to noise, which lowers completeness.
+  values as numbers, so for categorical factors (dSprites' shape) prefer "gbt". Not
+  disentanglement_lib's numbers. A factor whose held-out prediction is no better than
+  chance (its correlation with the factor below the one-sided 1% critical value of zero
+  correlation, 2.33 / sqrt(test points)) has no importances: the Lasso's small weights
+  on noise would make D and C anything from 0 to 1 (issue 21: 0.91 on pure noise).
+  Where no factor is predicted above chance, D and C are None (nothing to attribute).
 """
 from __future__ import annotations
 
@@ -28,10 +30,11 @@ import scipy.stats
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import Lasso
 
-from analysis.metrics import discrete
+from trainables.metrics import discrete
 
 IMPORTANCES = ("gbt", "lasso")
 LASSO_ALPHA = 0.02
+CHANCE_Z = 2.33             # one-sided 1% normal quantile: a correlation above chance
 
 
 def gbt_importance(x_tr, c_tr, x_te, c_te, seed: int):
@@ -62,27 +65,32 @@ def r2(y: np.ndarray, pred: np.ndarray) -> float:
     return max(0.0, 1.0 - float(np.sum((y - pred) ** 2) / ss)) if ss > 0 else 1.0
 
 
+def above_chance(y: np.ndarray, pred: np.ndarray) -> bool:
+    """Held-out prediction correlated with the factor beyond chance (one-sided 1%)."""
+    if pred.std() == 0 or y.std() == 0:
+        return False
+    return float(np.corrcoef(y, pred)[0, 1]) > CHANCE_Z / np.sqrt(len(y))
+
+
 def lasso_importance(x_tr, y_tr, x_te, y_te):
-    """(R = |W| [D, P], train R^2, test R^2): one Lasso per standardised factor."""
+    """(R = |W| [D, P], train R^2, test R^2): one Lasso per standardised factor; the
+    column of a factor predicted no better than chance is 0."""
     x_tr, x_te = standardise(x_tr, x_te)
     y_tr, y_te = standardise(y_tr, y_te)
     R = np.zeros((x_tr.shape[1], y_tr.shape[1]))
     fit_tr, fit_te = [], []
     for k in range(y_tr.shape[1]):
         model = Lasso(alpha=LASSO_ALPHA).fit(x_tr, y_tr[:, k])
-        R[:, k] = np.abs(model.coef_)
+        pred = model.predict(x_te)
+        R[:, k] = np.abs(model.coef_) if above_chance(y_te[:, k], pred) else 0.0
         fit_tr.append(r2(y_tr[:, k], model.predict(x_tr)))
-        fit_te.append(r2(y_te[:, k], model.predict(x_te)))
+        fit_te.append(r2(y_te[:, k], pred))
     return R, float(np.mean(fit_tr)), float(np.mean(fit_te))
 
 
-def majority(c: np.ndarray) -> float:
-    """Accuracy of always guessing each factor's most frequent class (no code to use)."""
-    return float(np.mean([np.bincount(c[:, k]).max() / len(c) for k in range(c.shape[1])]))
-
-
 def disentanglement(R: np.ndarray) -> float:
-    """sum_h rho_h (1 - H_P(R_h.)) with rho_h = sum_k R_hk / sum R (Eastwood & Williams Eq. 2)."""
+    """sum_h rho_h (1 - H_P(R_h.)) with rho_h = sum_k R_hk / sum R (Eastwood & Williams Eq. 2);
+    an all-zero R (disentanglement_lib's) weighs every code alike."""
     per_code = 1.0 - scipy.stats.entropy(R.T + 1e-11, base=R.shape[1])   # [H]
     w = R if R.sum() > 0 else np.ones_like(R)
     return float(np.sum(per_code * w.sum(1) / w.sum()))
@@ -96,26 +104,24 @@ def completeness(R: np.ndarray) -> float:
 
 
 def compute_dci(mu: np.ndarray, y: np.ndarray, random_state: np.random.Generator,
-                importance: str = "gbt", codes: np.ndarray | None = None,
-                bins: int = discrete.BINS, train_fraction: float = 0.8) -> dict:
-    """{"dci_disentanglement", "dci_completeness", "dci_informativeness" (held-out accuracy
-    or R^2), "dci_informativeness_train"} from codes mu [N, H] and factors y [N, P]."""
+                importance: str = "gbt", bins: int = discrete.BINS,
+                train_fraction: float = 0.8) -> dict:
+    """{"dci_disentanglement", "dci_completeness" (None where the Lasso predicts no factor
+    above chance), "dci_informativeness" (held-out accuracy or R^2),
+    "dci_informativeness_train"} from codes mu [N, H] and factors y [N, P]."""
     if importance not in IMPORTANCES:
         raise ValueError(f"importance: got {importance!r}; allowed: {', '.join(IMPORTANCES)}")
     mu, y = discrete.check_inputs(mu, y)
-    dims = np.arange(mu.shape[1]) if codes is None else np.asarray(codes, dtype=int)
-    classes = discrete.factor_classes(y, bins)
     tr, te = discrete.split(len(mu), random_state, train_fraction)
     seed = int(random_state.integers(2 ** 31))
-    R = np.zeros((mu.shape[1], y.shape[1]))
-    x = mu[:, dims]
-    if not len(dims):                                                   # nothing to predict from
-        acc_tr, acc_te = (majority(classes[tr]), majority(classes[te])) if importance == "gbt" \
-            else (0.0, 0.0)
-    elif importance == "gbt":
-        R[dims], acc_tr, acc_te = gbt_importance(x[tr], classes[tr], x[te], classes[te], seed)
+    if importance == "gbt":
+        classes = discrete.factor_classes(y, bins)
+        R, acc_tr, acc_te = gbt_importance(mu[tr], classes[tr], mu[te], classes[te], seed)
+        d, c = disentanglement(R), completeness(R)
     else:
-        R[dims], acc_tr, acc_te = lasso_importance(x[tr], y[tr], x[te], y[te])
-    return {"dci_disentanglement": disentanglement(R), "dci_completeness": completeness(R),
-            "dci_informativeness": acc_te, "dci_informativeness_train": acc_tr,
-            "dci_importance": importance}
+        R, acc_tr, acc_te = lasso_importance(mu[tr], y[tr], mu[te], y[te])
+        informative = R.sum(0) > 0                                      # [P]
+        d = disentanglement(R) if informative.any() else None
+        c = completeness(R[:, informative]) if informative.any() else None
+    return {"dci_disentanglement": d, "dci_completeness": c,
+            "dci_informativeness": acc_te, "dci_informativeness_train": acc_tr}

@@ -48,13 +48,19 @@ def metrics_section(table: pl.DataFrame | None, labels: dict[str, str],
                     costs: list[str] | None = None) -> list[tuple]:
     """Report blocks: heading, what the scores are, the per-configuration table, and why some
     trials have none."""
+    from analysis.metrics import METRICS
+
     if table is None:
         return []
-    out = [("h", 2, "Disentanglement metrics (disentanglement_lib's suite)"),
+    shown = [m.title for m in METRICS.values()
+             if any(c in table.columns and table[c].is_not_null().any() for c in m.columns)]
+    out = [("h", 2, "Disentanglement metrics"),
            ("p", "Per configuration over seeds: mean ± 95% t-interval (n and the mean alone "
-                 "below 3 seeds). MIG, DCI, SAP and modularity/explicitness are computed from "
-                 "each trial's stored codes (mu, truth); FactorVAE and BetaVAE re-encode "
-                 "rendered images in a fast setting, not the published 10,000/5,000 batches. "
+                 "below 3 seeds). Shown: " + ("; ".join(shown) or "none") + ". Codes-based "
+                 "metrics are computed from each trial's stored codes (mu, truth); FactorVAE "
+                 "and BetaVAE re-encode rendered images in a fast setting, not the published "
+                 "10,000/5,000 batches. Where the Lasso DCI predicts no factor above chance, "
+                 "its disentanglement and completeness are empty (nothing to attribute). "
                  "Choices per metric: docs/analysis.md. Per trial: analysis/metrics.parquet.")]
     if table.is_empty():
         return out + [("p", "No trial with stored codes yet.")]

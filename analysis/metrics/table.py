@@ -15,15 +15,12 @@ import numpy as np
 import polars as pl
 
 from analysis import load
-from analysis.metrics import METRICS
+from analysis.metrics import METRICS, stream
 from analysis.metrics.truth import renderer_and_encoder
 
-COLUMNS = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap",
-           "modularity", "explicitness", "factorvae", "factorvae_train", "betavae_train",
-           "betavae_eval")
+COLUMNS = tuple(c for m in METRICS.values() for c in m.columns)      # each metric its own
 SCHEMA = {"trial_id": pl.String, "config_key": pl.String, "seed": pl.Int64,
-          "points": pl.Int64, **{c: pl.Float64 for c in COLUMNS},
-          "dci_importance": pl.String, "not_applicable": pl.String}
+          "points": pl.Int64, **{c: pl.Float64 for c in COLUMNS}, "not_applicable": pl.String}
 
 
 def trial_inputs(root: str, study: str) -> pl.DataFrame:
@@ -50,14 +47,9 @@ def _arrays(t: dict) -> tuple[np.ndarray, np.ndarray] | str:
 def run_metric(name: str, t: dict, codes, made, seed: int) -> dict | str:
     """One metric's values for one trial, or why it does not apply."""
     m = METRICS[name]
-    rng = np.random.default_rng([seed, list(METRICS).index(name)])
+    rng = stream(seed, name)
     if m.kind == "codes":
-        if isinstance(codes, str):
-            return codes
-        hp = dict(m.hparams)
-        if hp.get("codes") == "used":
-            hp["codes"] = np.asarray(t["used_idx"] or [], dtype=int)
-        return m.fn(*codes, rng, **hp)
+        return codes if isinstance(codes, str) else m.fn(*codes, rng, **m.hparams)
     return made if isinstance(made, str) else m.fn(*made, rng, **m.hparams)
 
 
@@ -84,9 +76,9 @@ def trial_row(root: str, study: str, t: dict, names, seed: int, costs: dict) -> 
 def metrics_table(root: str, study: str, names=None, seed: int = 0,
                   costs: dict | None = None, log=None) -> pl.DataFrame:
     """The table for `names` (default: METRICS' DEFAULT); `costs` collects seconds per metric."""
-    from analysis.metrics import DEFAULT
+    from analysis.metrics import ALIASES, DEFAULT
 
-    names = DEFAULT if names is None else tuple(names)
+    names = DEFAULT if names is None else tuple(ALIASES.get(n, n) for n in names)
     costs = {} if costs is None else costs
     rows = []
     for t in trial_inputs(root, study).iter_rows(named=True):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.metrics import discrete
+from trainables.metrics import discrete
 
 
 def gap(m: np.ndarray, h: np.ndarray) -> float:

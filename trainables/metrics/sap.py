@@ -5,16 +5,18 @@ Score matrix S [H, P]: for a continuous factor, the R^2 of a linear fit of y_k o
 the single code z_h, cov(z_h, y_k)^2 / (var z_h var y_k) (0 for a code of variance
 below 1e-12); for a discrete factor, the held-out accuracy of a linear SVM
 (C = 0.01, balanced classes) on z_h alone. SAP = mean over factors of the gap
-between the two largest entries of the factor's column. disentanglement_lib
-picks continuous or discrete for the whole data set; here each factor is judged
-on its own (more than 20 distinct values: continuous).
+between the two largest entries of the factor's column. As disentanglement_lib
+(`continuous_factors`, one flag per data set), the choice is made for the whole
+data set: discrete where every factor has at most `discrete.DISCRETE_LIMIT`
+distinct values (dSprites), else continuous (intrinsic's Gaussian factors; a
+data set mixing both is scored as continuous, its discrete factors as numbers).
 """
 from __future__ import annotations
 
 import numpy as np
 from sklearn.svm import LinearSVC
 
-from analysis.metrics import discrete
+from trainables.metrics import discrete
 
 
 def r2_column(mu: np.ndarray, yk: np.ndarray) -> np.ndarray:
@@ -48,12 +50,12 @@ def compute_sap(mu: np.ndarray, y: np.ndarray, random_state: np.random.Generator
                 bins: int = discrete.BINS, train_fraction: float = 0.8) -> dict:
     """{"sap": float} from codes mu [N, H] and factors y [N, P]."""
     mu, y = discrete.check_inputs(mu, y)
-    discrete_k = discrete.is_discrete(y, bins)
+    classes = discrete.factor_classes(y) if discrete.is_discrete(y).all() else None
     tr, te = discrete.split(len(mu), random_state, train_fraction)
     cols = []
     for k in range(y.shape[1]):
-        if discrete_k[k]:
-            cols.append(svm_column(mu[tr], y[tr, k], mu[te], y[te, k]))
+        if classes is not None:                                         # per data set
+            cols.append(svm_column(mu[tr], classes[tr, k], mu[te], classes[te, k]))
         else:
             cols.append(r2_column(mu, y[:, k]))
     return {"sap": top_two_gap(np.stack(cols, axis=1))}

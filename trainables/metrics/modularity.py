@@ -3,9 +3,11 @@
 
 Modularity: per code h, with m_hk = I(z_h; y_k) on 20 bins and theta_h = max_k m_hk^2,
 delta_h = (sum_k m_hk^2 - theta_h) / (theta_h (P - 1)); the score is mean_h (1 - delta_h),
-a code carrying no information scoring 0. Explicitness: per factor, a one-vs-rest
-logistic regression (scikit-learn defaults, as disentanglement_lib: 100 lbfgs iterations,
-convergence warnings silenced) on all standardised codes, its ROC AUC
+a code carrying no information scoring 0. Explicitness: per factor, one-vs-rest
+logistic regressions (scikit-learn's OneVsRestClassifier over LogisticRegression with
+its defaults: disentanglement_lib's `LogisticRegression()` ran one-vs-rest, the
+scikit-learn default of its time; 100 lbfgs iterations, convergence warnings silenced)
+on all standardised codes, its ROC AUC
 averaged over the factor's classes; the mean over factors. Classes that the test
 points lack in either label are left out of that factor's average (disentanglement_lib
 would fail on them; they occur with 20 bins of a Gaussian factor).
@@ -18,8 +20,9 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.multiclass import OneVsRestClassifier
 
-from analysis.metrics import discrete
+from trainables.metrics import discrete
 
 
 def modularity(m: np.ndarray) -> float:
@@ -30,7 +33,7 @@ def modularity(m: np.ndarray) -> float:
     return float(np.mean(np.where(theta > 0, 1.0 - delta, 0.0)))
 
 
-def auc(clf: LogisticRegression, x: np.ndarray, labels: np.ndarray) -> float:
+def auc(clf, x: np.ndarray, labels: np.ndarray) -> float:
     """Mean one-vs-rest ROC AUC over the classes present with both outcomes in `labels`."""
     p = clf.predict_proba(x)                                            # [N, C]
     aucs = [roc_auc_score(labels == c, p[:, i]) for i, c in enumerate(clf.classes_)
@@ -49,7 +52,7 @@ def explicitness(mu_tr, c_tr, mu_te, c_te) -> tuple[float, float]:
             continue                                                    # a constant factor
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            clf = LogisticRegression().fit(x_tr, c_tr[:, k])
+            clf = OneVsRestClassifier(LogisticRegression()).fit(x_tr, c_tr[:, k])
         tr.append(auc(clf, x_tr, c_tr[:, k]))
         te.append(auc(clf, x_te, c_te[:, k]))
     return (float(np.mean(tr)), float(np.mean(te))) if tr else (0.5, 0.5)
