@@ -361,7 +361,7 @@ def callbacks_section(tab: Table, tmp: Path, base: Path, a) -> None:
     old = base_tree(tmp, BASE_DRIVER)
     n, k = a.trials, min(a.completions, a.trials)
     places = [("local", str(tmp / "cb"), None)]
-    if "s3" not in a.skip.split(","):
+    if "callbacks-s3" not in a.skip.split(","):
         places.append(("s3", "s3://bench/cb", "moto"))
     for label, root, server in places:
         with (moto(tmp) if server else contextlib.nullcontext((None, None))) as (env, _):
@@ -499,7 +499,7 @@ def main() -> None:
     p.add_argument("--codes", type=int, default=100, help="codes rows per trial (default 100)")
     p.add_argument("--every", type=int, default=5, help="evaluations per segment (checkpoint.every)")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--skip", default="", help="comma list of: local,s3,tune,data,checkpoint,callbacks")
+    p.add_argument("--skip", default="", help="comma list of: local,s3,tune,data,checkpoint,callbacks,callbacks-s3")
     p.add_argument("--skip-old-tables", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temp folder")
     p.add_argument("--smoke-test", action="store_true")
@@ -507,6 +507,7 @@ def main() -> None:
     if a.smoke_test:
         a.trials, a.base_trials, a.s3_trials, a.tune_trials, a.images = 60, 20, 20, 4, 900
         a.completions = 20
+        a.skip += ",callbacks-s3"
         a.epochs, a.factors, a.codes, a.reps = 4, 8, 5, 1
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     tab = Table()

@@ -36,6 +36,7 @@ class Outcome:
     store: ResultStore
     counts: dict[str, int]
     seconds: float
+    ran: bool = True              # False: every trial had finished before; nothing was written
 
 
 def prepare(spec: StudySpec, root: str, resume: bool = False):
@@ -133,11 +134,16 @@ def write_meta(store: ResultStore, spec: StudySpec, trials: list[dict] | None, *
 def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = False,
         log=print) -> Outcome:
     guards.check_cluster_storage(spec, root, address)
+    guards.check_gpu_share(spec, address)
     store, trials, scfg = prepare(spec, root, resume)
     log(f"study {spec.name}: {spec.size_line()}")
     log(f"results: {store.uri()}")
     t0 = time.time()
     ids = [tid for tid, _ in trials]
+    done = finished_before(store, trials) if scfg is None else None
+    if done is not None:                       # no lease, no Ray, no write
+        log(f"plan: all {len(ids)} trials finished before; nothing to run")
+        return Outcome(store, count_states(done, ids), time.time() - t0, ran=False)
     with Lease(store, log=log):
         rows, todo = plan(store, trials) if scfg is None else (store.trial_states()[0], {})
         if scfg is None:
@@ -177,6 +183,33 @@ def _gpu_share(spec: StudySpec, address: str | None) -> float:
     if spec.pack and spec.gpu is None and share > 0:
         share = 1.0                                       # a pack fills a GPU
     return share
+
+
+def finished_before(store: ResultStore, trials: list[tuple[str, TrialConfig]]
+                    ) -> dict[str, dict] | None:
+    """The status rows when an earlier driver ended the study (its final table) with every
+    trial finished, else None. Finished states are final, so no other driver can change
+    them: a resume with nothing to run needs no lease."""
+    known, meta = store.trial_states([tid for tid, _ in trials])
+    if not (meta or {}).get("final"):
+        return None
+    if any((known.get(tid) or {}).get("state") not in FINISHED for tid, _ in trials):
+        return None
+    return known
+
+
+def report_current(store: ResultStore) -> str | None:
+    """Where report.html is when it was written after the status table (the results have not
+    changed since), else None."""
+    import pyarrow.fs as pafs
+
+    report, table = store.fs.get_file_info([store.path("report.html"),
+                                            store.path("status.parquet")])
+    if report.type != pafs.FileType.File or table.type != pafs.FileType.File:
+        return None
+    if report.mtime is None or table.mtime is None or report.mtime < table.mtime:
+        return None
+    return store.uri("report.html")
 
 
 def plan(store: ResultStore, trials: list[tuple[str, TrialConfig]]) -> tuple[dict[str, dict], dict]:
