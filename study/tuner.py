@@ -40,7 +40,7 @@ def start_ray(address: str | None, log=print) -> None:
             # A cluster whose nodes run on loopback (tests, one-machine clusters): stay there,
             # instead of Ray's swap of 127.0.0.1 for the machine's outward address.
             raypatch.keep_loopback_address()
-            ray.init(address=address, log_to_driver=False, _node_ip_address="127.0.0.1")
+            ray.init(address=address, log_to_driver=False, **raypatch.loopback_node())
         else:
             ray.init(address=address, log_to_driver=False)
     else:
@@ -50,7 +50,7 @@ def start_ray(address: str | None, log=print) -> None:
         # address="local": always a new private instance, never a `ray start` cluster (or a
         # dead one's leftover address file) that ray.init() would otherwise look for.
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="warning")
+                 configure_logging=True, logging_level="warning", **raypatch.loopback_node())
 
 
 def _is_loopback(address: str) -> bool:
