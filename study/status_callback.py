@@ -11,6 +11,11 @@ class StatusCallback(Callback):
     def __init__(self, tracker):
         self.tracker = tracker
 
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks into its experiment state, which a study never resumes
+        from (it resumes from its own records); the tracker's lock and thread cannot be."""
+        return {"tracker": None}
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self.tracker.trial_started(trial)
 
