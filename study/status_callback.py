@@ -4,6 +4,8 @@ does the I/O). Kept apart from the tracker so that importing the tracker (resume
 planning, `vaestudy status`) does not import ray.tune."""
 from __future__ import annotations
 
+import os
+
 from ray.tune import Callback
 
 
@@ -34,11 +36,16 @@ class StatusCallback(Callback):
 
 
 def error_text(trial) -> str:
-    """The trial's latest error as Tune recorded it (`Trial.get_error`: its error file, of
-    which the last failure is the tail), or a placeholder where Tune wrote none."""
-    text = trial.get_error()
+    """The trial's latest error as Tune recorded it: `Trial.error_file`, which Tune writes on
+    the driver before it calls the hook (`Trial.get_error` reads the copy in the experiment's
+    storage, which is synced later), else `get_error`, else a placeholder."""
+    text = None
+    path = trial.error_file
+    if path and os.path.exists(path):
+        with open(path, errors="replace") as f:
+            text = f.read()
+    text = str(text or trial.get_error() or "").strip()
     if not text:
         return "trial error (Tune recorded no text)"
-    text = str(text).strip()
     last = text.rfind("Failure # ")                # the file holds every failure so far
     return text[last:] if last > 0 else text
