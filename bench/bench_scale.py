@@ -4,7 +4,7 @@ its uint8 data. Today's code (the branch point BASE) runs in the same run where 
 
     python bench/bench_scale.py [--trials 10000] [--base-trials 1000] [--s3-trials 1000]
         [--tune-trials 200] [--images 30000] [--completions 1000]
-        [--skip s3,tune,data,callbacks] [--smoke-test]
+        [--resume-trials 60] [--skip s3,tune,data,callbacks,resume] [--smoke-test]
 
 Synthetic studies are written through the real result store by bench/synthetic.py
 (no training): N trials x E evaluated epochs x H factors, codes of C points at the
@@ -376,6 +376,29 @@ def callbacks_section(tab: Table, tmp: Path, base: Path, a) -> None:
                      f"{WRITE_EVERY_S:.0f} s: {k} completions took {wall:.1f} s here)")
 
 
+def resume_section(tab: Table, tmp: Path, base: Path, a) -> None:
+    """`vaestudy resume` of a finished --resume-trials study on the moto server, with its
+    report written: command to exit and requests, new code first, then today's
+    (BASE_DRIVER), which rewrites the report."""
+    old = base_tree(tmp, BASE_DRIVER) if not (tmp / f"base-{BASE_DRIVER}").exists() \
+        else tmp / f"base-{BASE_DRIVER}"
+    with moto(tmp) as (env, count):
+        root = "s3://bench/resume"
+        raw = spec_raw(f"done{a.resume_trials}", a.resume_trials, a.epochs, a.factors, a.codes)
+        generate(root, raw, a.epochs, a.factors, a.codes, a.every, workers=2)
+        path = f"{root}/{raw['name']}"
+        cli(ROOT, "report", path, env=env_for(ROOT, env))
+        got = {}
+        for label, code in (("new", ROOT), ("today", old)):
+            (secs, out), req = count(lambda: cli(code, "resume", path, env=env_for(code, env)))
+            got[label] = secs, req
+            print(f"  {label}: {secs:.1f} s, {req} requests; {out.strip().splitlines()[-1]}",
+                  flush=True)
+    tab.add("s3: resume a finished study, report kept", a.resume_trials, got["today"][0],
+            got["new"][0], target="< 5 s",
+            note=f"requests today {got['today'][1]}, new {got['new'][1]} (target < 30)")
+
+
 def _requests(log: Path) -> int:
     return sum(1 for line in open(log, errors="replace") if re.search(r'" \d{3} ', line))
 
@@ -491,6 +514,8 @@ def main() -> None:
     p.add_argument("--base-trials", type=int, default=1000, help="the study today's code reads too")
     p.add_argument("--s3-trials", type=int, default=1000)
     p.add_argument("--tune-trials", type=int, default=200)
+    p.add_argument("--resume-trials", type=int, default=60,
+                   help="the finished study the resume section resumes (on the moto server)")
     p.add_argument("--completions", type=int, default=1000,
                    help="trial completions the callbacks section drives (its table: --trials)")
     p.add_argument("--images", type=int, default=30_000)
@@ -499,14 +524,14 @@ def main() -> None:
     p.add_argument("--codes", type=int, default=100, help="codes rows per trial (default 100)")
     p.add_argument("--every", type=int, default=5, help="evaluations per segment (checkpoint.every)")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--skip", default="", help="comma list of: local,s3,tune,data,checkpoint,callbacks,callbacks-s3")
+    p.add_argument("--skip", default="", help="comma list of: local,s3,tune,data,checkpoint,callbacks,callbacks-s3,resume")
     p.add_argument("--skip-old-tables", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temp folder")
     p.add_argument("--smoke-test", action="store_true")
     a = p.parse_args()
     if a.smoke_test:
         a.trials, a.base_trials, a.s3_trials, a.tune_trials, a.images = 60, 20, 20, 4, 900
-        a.completions = 20
+        a.completions, a.resume_trials = 20, 20
         a.skip += ",callbacks-s3"
         a.epochs, a.factors, a.codes, a.reps = 4, 8, 5, 1
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
@@ -516,7 +541,7 @@ def main() -> None:
         skip = set(a.skip.split(","))
         for name, fn in (("checkpoint", checkpoint_section), ("local", local_section),
                          ("s3", s3_section), ("data", data_section), ("tune", tune_section),
-                         ("callbacks", callbacks_section)):
+                         ("callbacks", callbacks_section), ("resume", resume_section)):
             if name not in skip:
                 print(f"== {name}", flush=True)
                 fn(tab, tmp, base, a)

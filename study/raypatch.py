@@ -65,3 +65,18 @@ def loopback_node() -> dict:
     cluster's nodes run on 127.0.0.1: `_node_ip_address` is the keyword form of
     `ray start --node-ip-address`, which `ray.init` has only as a private argument."""
     return {"_node_ip_address": "127.0.0.1"}
+
+
+def legacy_output() -> None:
+    """Tune's table-only output. Tune's current output (the default since Ray 2.7) has no
+    concise mode: at the verbosity that prints its trial table it also prints a box per
+    trial start (its whole config) and per trial end, 20,000 boxes for a 10,000-trial
+    study, each printed inside Tune's event loop, and it ignores `RunConfig(
+    progress_reporter=...)`, the public way to choose columns. RAY_AIR_NEW_OUTPUT=0 (read
+    by `ray.tune.experimental.output.get_air_verbosity`) keeps the CLIReporter table, whose
+    columns are the grid values in the trial name, a search's drawn values and the latest
+    metrics (tuner.reporter). A user's own setting wins."""
+    os.environ.setdefault(NEW_OUTPUT, "0")
+
+
+NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"

@@ -71,7 +71,7 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
     from study.optuna_storage import driver_dir
     from study.tracker import trial_key
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # the concise table, not per-result boxes
+    raypatch.legacy_output()                   # the concise table, not per-trial boxes
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"   # no CSV/JSON/TensorBoard copies
     spec = dataclasses.replace(spec, gpu=guards.gpu_share(spec, None))   # run() sets it on a cluster
     fn = tune.with_parameters(_trainable(), configs=configs) if configs else _trainable()

@@ -190,6 +190,7 @@ def test_optuna_dashboard_reads_the_sqlite_study_while_the_search_writes_it(proc
         for s in _get(base)["study_summaries"]:
             seen |= {t["number"] for t in _get(f"{base}/{s['study_id']}")["trials"]}
             reads += 1
+        time.sleep(0.02)
     assert driver.returncode == 0, procs.log("run")[-3000:]
     assert reads >= 3 and len(seen) >= 1, (reads, seen)
     for name in ("run", "dashboard"):

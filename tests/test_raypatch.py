@@ -68,3 +68,18 @@ def test_ray_swaps_loopback_for_the_outward_address_and_the_patches_keep_it():
     resolved, node, resolved_after, node_after = r.stdout.split()
     assert resolved != "127.0.0.1" and node != "127.0.0.1", r.stdout
     assert resolved_after == node_after == "127.0.0.1", r.stdout
+
+
+def test_tunes_current_output_still_prints_a_box_per_trial_at_its_table_verbosity(monkeypatch):
+    """Why raypatch.legacy_output exists: at the verbosity that shows the trial table, Tune's
+    current reporter also prints every trial's start and end. When Ray gives the table
+    without them, this fails: switch to the current output then. And the switch itself
+    still turns the current output off."""
+    from ray.tune.experimental import output
+
+    assert output.TuneReporterBase._start_end_verbosity <= \
+        output.TuneReporterBase._heartbeat_threshold
+    monkeypatch.delenv(raypatch.NEW_OUTPUT, raising=False)
+    assert output.get_air_verbosity(1) is not None
+    raypatch.legacy_output()
+    assert output.get_air_verbosity(1) is None
