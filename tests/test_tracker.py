@@ -82,3 +82,36 @@ def test_a_failed_trials_error_text_is_in_the_table_while_the_study_runs(tmp_pat
     seen = next(r.metrics["seen"] for r in grid if r.config["trial"] == "b")
     assert "ValueError" in seen and "boom-7f3a in trial a" in seen, seen
     assert tracker.rows["a"]["state"] == "failed"
+
+
+def _files(root) -> dict:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_study_starts_nothing_and_writes_nothing(tmp_path, capsys):
+    """Every trial finished and its report written: `vaestudy resume` takes no lease, starts
+    no Ray, changes no file and says where the report is."""
+    import subprocess
+    import sys
+
+    import ray
+
+    from study.cli import main
+
+    out = tmp_path / "res"
+    sets = ["--set", "name=fin", "--set", "seeds=[0]", "--set", "noise.sigma2=[0.1, 0.3]",
+            "--set", "dataset.name=intrinsic", "--set", "dataset.n=300",
+            "--set", "train.epochs=1", "--set", "eval.traversals=false"]
+    for argv in (["run", *sets, "--out", str(out), "--no-report"], ["report", str(out / "fin")]):
+        r = subprocess.run([sys.executable, "-m", "study.cli", *argv], capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    before = _files(out)
+    assert main(["resume", str(out / "fin")]) == 0
+    said = capsys.readouterr().out
+    assert _files(out) == before
+    assert not ray.is_initialized()
+    assert "all 2 trials finished before; nothing to run" in said
+    assert f"report: {out / 'fin' / 'report.html'} (no result changed since it was written)" \
+        in said
