@@ -22,7 +22,6 @@ import time
 from study.inputs import UsageError
 from study.lease import DRIVER_ID
 from trainables.store import ResultStore
-from trainables.train import FatalTrialError
 
 PROBE = "probe.json"
 LOCAL_GPU_SHARE = 0.25                  # one machine with GPUs: four small trials per card
@@ -52,6 +51,8 @@ def write_probe(store: ResultStore) -> None:
 
 def check_probe(store: ResultStore, driver: str, node: str) -> None:
     """Raise FatalTrialError where this node does not see the probe of the study's driver."""
+    from trainables.train import FatalTrialError          # trial side: torch is loaded there
+
     try:
         seen = store.read_json(store.path(PROBE)).get("driver") \
             if store.exists(store.path(PROBE)) else None
@@ -95,6 +96,8 @@ def check_gpu_share(spec, address: str | None) -> None:
 def follow_gpu_share(share: float, node: str) -> None:
     """In the trial's process, before torch initialises CUDA: the device follows the share."""
     import torch
+
+    from trainables.train import FatalTrialError
 
     if share == 0:
         if torch.cuda.is_initialized():

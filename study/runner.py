@@ -40,7 +40,8 @@ class Outcome:
 
 
 def prepare(spec: StudySpec, root: str, resume: bool = False):
-    """Everything that can fail on user input, before Ray starts or a file is written.
+    """Everything that can fail on user input, before Ray starts or a file is written (the
+    data sets only where trials will run: a finished study's resume needs none).
 
     Returns (store, trials, search config): a grid's [(trial id, config)], the recorded
     ids where the study exists; for a search, no trials and the search config."""
@@ -53,8 +54,8 @@ def prepare(spec: StudySpec, root: str, resume: bool = False):
         configs = [TrialConfig.from_dict(sample)]
     else:
         configs = trial_configs(spec)
-    check_data(configs)
     if scfg is not None:
+        check_data(configs)
         from study import optuna_storage
 
         optuna_storage.check(scfg.storage)           # its driver installed, its server up
@@ -76,7 +77,10 @@ def prepare(spec: StudySpec, root: str, resume: bool = False):
         raise UsageError(f"{store.uri()}: no study.json; nothing to resume")
     if scfg is not None:
         return store, [], scfg
-    return store, (recorded(old, configs) if old else [(c.trial_id(), c) for c in configs]), scfg
+    trials = recorded(old, configs) if old else [(c.trial_id(), c) for c in configs]
+    if old is None or finished_before(store, trials) is None:    # data for trials to run
+        check_data([c for _, c in trials])
+    return store, trials, scfg
 
 
 def recorded(meta: dict, configs: list[TrialConfig]) -> list[tuple[str, TrialConfig]]:
