@@ -194,9 +194,10 @@ def finished_before(store: ResultStore, trials: list[tuple[str, TrialConfig]]
     """The status rows when an earlier driver ended the study (its final table) with every
     trial finished, else None. Finished states are final, so no other driver can change
     them: a resume with nothing to run needs no lease."""
-    known, meta = store.trial_states([tid for tid, _ in trials])
-    if not (meta or {}).get("final"):
+    table = store.read_status_table()          # one read; never the per-trial files
+    if table is None or not table[1].get("final"):
         return None
+    known = {r["trial_id"]: r for r in table[0]}
     if any((known.get(tid) or {}).get("state") not in FINISHED for tid, _ in trials):
         return None
     return known

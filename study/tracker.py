@@ -157,10 +157,12 @@ class StatusTracker:
 
     def record_errors(self, errors: dict[str, str]) -> None:
         """Trials Tune gave up on: failed, unless their status file says they ended."""
-        for tid, error in errors.items():
-            row = self.rows.setdefault(tid, config_row(tid, self.configs.get(tid, {})))
-            if row.get("state") not in FINISHED + ("stopped",):
-                row.update(state="failed", error=error)
+        with self.lock:                                  # the writer may still be copying rows
+            for tid, error in errors.items():
+                row = self.rows.setdefault(tid, config_row(tid, self.configs.get(tid, {})))
+                if row.get("state") not in FINISHED + ("stopped",):
+                    row.update(state="failed", error=error)
+            self.dirty = True
 
 
 def as_callback(tracker: StatusTracker):
