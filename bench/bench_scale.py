@@ -389,7 +389,9 @@ def resume_section(tab: Table, tmp: Path, base: Path, a) -> None:
         path = f"{root}/{raw['name']}"
         cli(ROOT, "report", path, env=env_for(ROOT, env))
         got = {}
-        for label, code in (("new", ROOT), ("today", old)):
+        got["today"] = None, None
+        codes = (("new", ROOT),) + ((("today", old),) if "resume-today" not in a.skip else ())
+        for label, code in codes:
             (secs, out), req = count(lambda: cli(code, "resume", path, env=env_for(code, env)))
             got[label] = secs, req
             print(f"  {label}: {secs:.1f} s, {req} requests; {out.strip().splitlines()[-1]}",
@@ -524,7 +526,8 @@ def main() -> None:
     p.add_argument("--codes", type=int, default=100, help="codes rows per trial (default 100)")
     p.add_argument("--every", type=int, default=5, help="evaluations per segment (checkpoint.every)")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--skip", default="", help="comma list of: local,s3,tune,data,checkpoint,callbacks,callbacks-s3,resume")
+    p.add_argument("--skip", default="", help="comma list of: local,s3,tune,data,checkpoint,callbacks,callbacks-s3,resume,"
+                        "resume-today")
     p.add_argument("--skip-old-tables", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temp folder")
     p.add_argument("--smoke-test", action="store_true")
