@@ -1,7 +1,9 @@
 """study/raypatch.py: the Ray range is one fact (pyproject, TESTED, the installed Ray), and
 each patch is checked for what it changes, so a Ray that stops needing it (or changes what it
 patches) fails here rather than silently."""
+import os
 import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -46,7 +48,7 @@ print(*before, *after)
 
 
 def _outward_address() -> str | None:
-    with __import__("socket").socket(2, 2) as s:            # UDP: no packet is sent
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:     # UDP: nothing is sent
         try:
             s.connect(("10.255.255.255", 1))
             ip = s.getsockname()[0]
@@ -83,3 +85,16 @@ def test_tunes_current_output_still_prints_a_box_per_trial_at_its_table_verbosit
     assert output.get_air_verbosity(1) is not None
     raypatch.legacy_output()
     assert output.get_air_verbosity(1) is None
+
+
+@pytest.mark.slow
+def test_a_private_ray_runs_its_node_on_loopback():
+    """What raypatch.private_single_node and loopback_node (ray.init's private
+    `_node_ip_address`) are for: the driver's own Ray advertises 127.0.0.1, never the
+    machine's outward address, so nothing listens beyond this machine."""
+    code = ("import json, ray; from study.tuner import start_ray; start_ray(None, log=print);"
+            "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes()])); ray.shutdown()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=str(ROOT), timeout=180, env={**os.environ, "RAY_ADDRESS": ""})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == '["127.0.0.1"]', r.stdout
