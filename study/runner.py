@@ -40,8 +40,8 @@ class Outcome:
 
 
 def prepare(spec: StudySpec, root: str, resume: bool = False):
-    """Everything that can fail on user input, before Ray starts or a file is written (the
-    data sets only where trials will run: a finished study's resume needs none).
+    """Everything that can fail on user input, before Ray starts or a file is written (a
+    finished study's resume checks no data set: nothing will read one).
 
     Returns (store, trials, search config): a grid's [(trial id, config)], the recorded
     ids where the study exists; for a search, no trials and the search config."""
@@ -54,8 +54,9 @@ def prepare(spec: StudySpec, root: str, resume: bool = False):
         configs = [TrialConfig.from_dict(sample)]
     else:
         configs = trial_configs(spec)
-    if scfg is not None:
+    if not resume or scfg is not None:       # a grid's resume: below, where trials will run
         check_data(configs)
+    if scfg is not None:
         from study import optuna_storage
 
         optuna_storage.check(scfg.storage)           # its driver installed, its server up
@@ -78,7 +79,7 @@ def prepare(spec: StudySpec, root: str, resume: bool = False):
     if scfg is not None:
         return store, [], scfg
     trials = recorded(old, configs) if old else [(c.trial_id(), c) for c in configs]
-    if old is None or finished_before(store, trials) is None:    # data for trials to run
+    if resume and finished_before(store, trials) is None:
         check_data([c for _, c in trials])
     return store, trials, scfg
 
