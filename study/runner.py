@@ -196,7 +196,9 @@ def finished_before(store: ResultStore, trials: list[tuple[str, TrialConfig]]
     trial finished, else None. Finished states are final, so no other driver can change
     them: a resume with nothing to run needs no lease."""
     table = store.read_status_table()          # one read; never the per-trial files
-    if table is None or not table[1].get("final"):
+    # a table of an older format: the study's records need upgrading (write_meta), a run does it
+    if table is None or not table[1].get("final") or \
+            table[1].get("format_version") != FORMAT_VERSION:
         return None
     known = {r["trial_id"]: r for r in table[0]}
     if any((known.get(tid) or {}).get("state") not in FINISHED for tid, _ in trials):
