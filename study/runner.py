@@ -150,7 +150,7 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         log(f"plan: all {len(ids)} trials finished before; nothing to run")
         return Outcome(store, count_states(done, ids), time.time() - t0, ran=False)
     with Lease(store, log=log):
-        rows, todo = plan(store, trials) if scfg is None else (store.trial_states()[0], {})
+        rows, todo = plan(store, trials) if scfg is None else (trial_states(store), {})
         if scfg is None:
             log(f"plan: {len(ids) - len(todo)} trials finished before, {len(todo)} to run")
         space, packs = _grid_space(spec, todo, log)
@@ -225,13 +225,28 @@ def plan(store: ResultStore, trials: list[tuple[str, TrialConfig]]) -> tuple[dic
 
     One read of the status table when it is current, else the trials' status files in
     parallel; a finished state is final, so the table's word is enough for it."""
-    known, _ = store.trial_states([tid for tid, _ in trials])
+    known = trial_states(store, [tid for tid, _ in trials])
     rows = {}
     for tid, cfg in trials:
         rows[tid] = config_row(tid, cfg.to_dict())
         rows[tid].update({k: v for k, v in known.get(tid, {}).items() if v is not None})
     todo = {tid: cfg.to_dict() for tid, cfg in trials if rows[tid]["state"] not in FINISHED}
     return rows, todo
+
+
+def trial_states(store: ResultStore, trial_ids: list[str] | None = None) -> dict[str, dict]:
+    """The store's status rows, where a driver's table is not final (it runs, or was killed)
+    with its unfinished trials read from their own status files: the tracker writes the table
+    at most every WRITE_EVERY_S, so a killed driver's last table may miss the last seconds'
+    completions. A finished state is final, so the table's word is enough for those."""
+    from trainables.store import status_row
+
+    rows, meta = store.trial_states(trial_ids)
+    if meta is not None and not meta.get("final"):
+        open_ = [tid for tid, r in rows.items() if r.get("state") not in FINISHED]
+        for tid, st in store.status_many(open_).items():
+            rows[tid].update({k: v for k, v in status_row(st).items() if v is not None})
+    return rows
 
 
 def record_failures(store: ResultStore, tracker: StatusTracker, errors: dict[str, str]) -> None:
