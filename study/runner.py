@@ -147,7 +147,7 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
     ids = [tid for tid, _ in trials]
     done = finished_before(store, trials) if scfg is None else None
     if done is not None:                       # no lease, no Ray, no write
-        log(f"plan: all {len(ids)} trials finished before; nothing to run")
+        log(f"plan: {len(ids)} trials finished before, 0 to run")
         return Outcome(store, count_states(done, ids), time.time() - t0, ran=False)
     with Lease(store, log=log):
         rows, todo = plan(store, trials) if scfg is None else (trial_states(store), {})

@@ -112,6 +112,6 @@ def test_resuming_a_finished_study_starts_nothing_and_writes_nothing(tmp_path, c
     said = capsys.readouterr().out
     assert _files(out) == before
     assert not ray.is_initialized()
-    assert "all 2 trials finished before; nothing to run" in said
+    assert "plan: 2 trials finished before, 0 to run" in said
     assert f"report: {out / 'fin' / 'report.html'} (no result changed since it was written)" \
         in said
