@@ -535,7 +535,7 @@ def main() -> None:
     if a.smoke_test:
         a.trials, a.base_trials, a.s3_trials, a.tune_trials, a.images = 60, 20, 20, 4, 900
         a.completions, a.resume_trials = 20, 20
-        a.skip += ",callbacks-s3"
+        a.skip += ",callbacks-s3,resume-today"
         a.epochs, a.factors, a.codes, a.reps = 4, 8, 5, 1
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     tab = Table()
