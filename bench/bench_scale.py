@@ -3,7 +3,8 @@ studies; the driver's overhead per trial on a real Ray Tune study; a trial's mem
 its uint8 data. Today's code (the branch point BASE) runs in the same run where it can.
 
     python bench/bench_scale.py [--trials 10000] [--base-trials 1000] [--s3-trials 1000]
-        [--tune-trials 200] [--images 30000] [--skip s3,tune,data] [--smoke-test]
+        [--tune-trials 200] [--images 30000] [--completions 1000]
+        [--resume-trials 60] [--skip s3,tune,data,callbacks,resume] [--smoke-test]
 
 Synthetic studies are written through the real result store by bench/synthetic.py
 (no training): N trials x E evaluated epochs x H factors, codes of C points at the
@@ -16,6 +17,7 @@ the request counts. Today's code is main before this issue (BASE), extracted wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -32,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BASE = "eca0ea7"                      # main before this issue's work was merged ("today's code")
+BASE_DRIVER = "c534564"               # main before the background status writer (issue 23)
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 TABLES_SNIPPET = """
@@ -59,6 +62,42 @@ StatusTracker(st, rows, todo, {"started": time.time()}).write(final=False)
 status_text(st)
 print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
+CALLBACK_SNIPPET = """
+import sys, time
+from concurrent.futures import ThreadPoolExecutor
+from ray.tune.experiment import Trial
+from study.tracker import StatusTracker, as_callback, config_row
+from resultstore.store import ResultStore
+st = ResultStore(sys.argv[1], sys.argv[2])
+n, k = int(sys.argv[3]), int(sys.argv[4])
+ids = [f"t{i:05d}" for i in range(n)]
+with ThreadPoolExecutor(16) as ex:                 # how the first k ended: their status files
+    list(ex.map(lambda t: st.set_status(t, "completed", epoch=1), ids[:k]))
+sizes = []
+write = st.write_status_table
+def counted(rows, final, **meta):
+    write(rows, final, **meta)
+    sizes.append(st.fs.get_file_info(st.path("status.parquet")).size)
+st.write_status_table = counted
+rows = {t: config_row(t, {"train": {"epochs": 1}}) for t in ids}
+tracker = StatusTracker(st, rows, {t: {} for t in ids}, {"started": time.time()})
+tracker.write(final=False)
+sizes.clear()
+cb = as_callback(tracker)
+trials = [Trial("fn", config={"trial": t}, stub=True) for t in ids[:k]]
+spent, t0 = 0.0, time.perf_counter()
+for i, tr in enumerate(trials):
+    t = time.perf_counter()
+    cb.on_trial_start(iteration=i, trials=trials, trial=tr)
+    cb.on_trial_result(iteration=i, trials=trials, trial=tr, result={"epoch": 1, "evlb": -1.0})
+    cb.on_trial_complete(iteration=i, trials=trials, trial=tr)
+    cb.on_step_end(iteration=i, trials=trials)
+    spent += time.perf_counter() - t
+wall = time.perf_counter() - t0
+tracker.write(final=True)
+assert all(tracker.rows[t]["state"] == "completed" for t in ids[:k]), "a completion was lost"
+print(spent * 1000 / k, sum(sizes) * 1000 / k, len(sizes), wall)
+"""
 TRIAL_SNIPPET = """
 import resource, sys, time, json
 import torch
@@ -81,13 +120,13 @@ print(time.perf_counter() - t, peak - base, base)
 
 # ---- helpers ---------------------------------------------------------------------------
 
-def base_tree(tmp: Path) -> Path:
+def base_tree(tmp: Path, commit: str = BASE) -> Path:
     """Today's code, or this code (ratios of 1) with a warning where git lacks BASE."""
-    out = tmp / "base"
+    out = tmp / f"base-{commit}"
     out.mkdir()
-    tar = subprocess.run(["git", "-C", str(ROOT), "archive", BASE], capture_output=True)
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True)
     if tar.returncode != 0:
-        print(f"WARNING: no commit {BASE} here (a shallow clone?): 'today' is this code, "
+        print(f"WARNING: no commit {commit} here (a shallow clone?): 'today' is this code, "
               "so every ratio is about 1", flush=True)
         return ROOT
     subprocess.run(["tar", "-x", "-C", str(out)], input=tar.stdout, check=True)
@@ -276,7 +315,9 @@ def local_section(tab: Table, tmp: Path, base: Path, a) -> None:
         study_section(tab, "local", root, raw["name"], old, a)
 
 
-def s3_section(tab: Table, tmp: Path, base: Path, a) -> None:
+@contextlib.contextmanager
+def moto(tmp: Path):
+    """A moto S3 server on loopback with a bucket "bench"; yields (env, request counter)."""
     port = _free_port()
     log = open(tmp / "moto.log", "w")
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
@@ -285,27 +326,83 @@ def s3_section(tab: Table, tmp: Path, base: Path, a) -> None:
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
            "AWS_ALLOW_HTTP": "true"}
     os.environ.update(env)
+
+    def count(fn):
+        before = _requests(tmp / "moto.log")
+        out = fn()
+        return out, _requests(tmp / "moto.log") - before
+
     try:
         _wait_port(port)
         import boto3
 
         boto3.client("s3").create_bucket(Bucket="bench")
-        root = "s3://bench/studies"
-        raw = spec_raw(f"s3syn{a.s3_trials}", a.s3_trials, a.epochs, a.factors, a.codes)
-        secs, n = generate(root, raw, a.epochs, a.factors, a.codes, a.every, workers=4)
-        print(f"  wrote {n} synthetic trials to S3 in {secs:.0f} s", flush=True)
-
-        def count(fn):
-            before = _requests(tmp / "moto.log")
-            out = fn()
-            return out, _requests(tmp / "moto.log") - before
-
-        study_section(tab, "s3", root, raw["name"], base, a, env=env, requests=count)
+        yield env, count
     finally:
         server.terminate()
         server.wait()
         for k in env:
             os.environ.pop(k, None)
+
+
+def s3_section(tab: Table, tmp: Path, base: Path, a) -> None:
+    with moto(tmp) as (env, count):
+        root = "s3://bench/studies"
+        raw = spec_raw(f"s3syn{a.s3_trials}", a.s3_trials, a.epochs, a.factors, a.codes)
+        secs, n = generate(root, raw, a.epochs, a.factors, a.codes, a.every, workers=4)
+        print(f"  wrote {n} synthetic trials to S3 in {secs:.0f} s", flush=True)
+        study_section(tab, "s3", root, raw["name"], base, a, env=env, requests=count)
+
+
+def callbacks_section(tab: Table, tmp: Path, base: Path, a) -> None:
+    """Driver time inside Tune's callbacks (the status tracker) per 1,000 completions, and
+    status-table bytes written per 1,000 completions, with a table of --trials rows: the
+    hooks of --completions trials (start, result, complete) called back to back, as Tune
+    would call them; how each ended is in its status file, as a trial leaves it. Today's
+    code: main before the background writer (BASE_DRIVER)."""
+    from study.tracker import WRITE_EVERY_S
+
+    old = base_tree(tmp, BASE_DRIVER)
+    n, k = a.trials, min(a.completions, a.trials)
+    places = [("local", str(tmp / "cb"), None)]
+    if "callbacks-s3" not in a.skip.split(","):
+        places.append(("s3", "s3://bench/cb", "moto"))
+    for label, root, server in places:
+        with (moto(tmp) if server else contextlib.nullcontext((None, None))) as (env, _):
+            got = {code: snippet(code, CALLBACK_SNIPPET, root, f"cb-{i}", str(n), str(k),
+                                 env=env_for(code, env))
+                   for i, code in enumerate((old, ROOT))}
+        (t_old, b_old, w_old, _), (t_new, b_new, w_new, wall) = got[old], got[ROOT]
+        tab.add(f"{label}: driver s in callbacks / 1,000 completions", n, t_old, t_new,
+                target="< 1 s", note=f"{k} completions")
+        tab.add(f"{label}: status-table bytes / 1,000 completions", n, b_old, b_new, unit="B",
+                note=f"writes today {w_old:.0f}, new {w_new:.0f} (at most one per "
+                     f"{WRITE_EVERY_S:.0f} s: {k} completions took {wall:.1f} s here)")
+
+
+def resume_section(tab: Table, tmp: Path, base: Path, a) -> None:
+    """`vaestudy resume` of a finished --resume-trials study on the moto server, with its
+    report written: command to exit and requests, new code first, then today's
+    (BASE_DRIVER), which rewrites the report."""
+    old = base_tree(tmp, BASE_DRIVER) if not (tmp / f"base-{BASE_DRIVER}").exists() \
+        else tmp / f"base-{BASE_DRIVER}"
+    with moto(tmp) as (env, count):
+        root = "s3://bench/resume"
+        raw = spec_raw(f"done{a.resume_trials}", a.resume_trials, a.epochs, a.factors, a.codes)
+        generate(root, raw, a.epochs, a.factors, a.codes, a.every, workers=2)
+        path = f"{root}/{raw['name']}"
+        cli(ROOT, "report", path, env=env_for(ROOT, env))
+        got = {}
+        got["today"] = None, None
+        codes = (("new", ROOT),) + ((("today", old),) if "resume-today" not in a.skip else ())
+        for label, code in codes:
+            (secs, out), req = count(lambda: cli(code, "resume", path, env=env_for(code, env)))
+            got[label] = secs, req
+            print(f"  {label}: {secs:.1f} s, {req} requests; {out.strip().splitlines()[-1]}",
+                  flush=True)
+    tab.add("s3: resume a finished study, report kept", a.resume_trials, got["today"][0],
+            got["new"][0], target="< 5 s",
+            note=f"requests today {got['today'][1]}, new {got['new'][1]} (target < 30)")
 
 
 def _requests(log: Path) -> int:
@@ -423,19 +520,26 @@ def main() -> None:
     p.add_argument("--base-trials", type=int, default=1000, help="the study today's code reads too")
     p.add_argument("--s3-trials", type=int, default=1000)
     p.add_argument("--tune-trials", type=int, default=200)
+    p.add_argument("--resume-trials", type=int, default=60,
+                   help="the finished study the resume section resumes (on the moto server)")
+    p.add_argument("--completions", type=int, default=1000,
+                   help="trial completions the callbacks section drives (its table: --trials)")
     p.add_argument("--images", type=int, default=30_000)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--factors", type=int, default=128)
     p.add_argument("--codes", type=int, default=100, help="codes rows per trial (default 100)")
     p.add_argument("--every", type=int, default=5, help="evaluations per segment (checkpoint.every)")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--skip", default="", help="comma list of: local,s3,tune,data,checkpoint")
+    p.add_argument("--skip", default="", help="comma list of: local,s3,tune,data,checkpoint,callbacks,callbacks-s3,resume,"
+                        "resume-today")
     p.add_argument("--skip-old-tables", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temp folder")
     p.add_argument("--smoke-test", action="store_true")
     a = p.parse_args()
     if a.smoke_test:
         a.trials, a.base_trials, a.s3_trials, a.tune_trials, a.images = 60, 20, 20, 4, 900
+        a.completions, a.resume_trials = 20, 20
+        a.skip += ",callbacks-s3,resume-today"
         a.epochs, a.factors, a.codes, a.reps = 4, 8, 5, 1
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     tab = Table()
@@ -443,7 +547,8 @@ def main() -> None:
         base = base_tree(tmp)
         skip = set(a.skip.split(","))
         for name, fn in (("checkpoint", checkpoint_section), ("local", local_section),
-                         ("s3", s3_section), ("data", data_section), ("tune", tune_section)):
+                         ("s3", s3_section), ("data", data_section), ("tune", tune_section),
+                         ("callbacks", callbacks_section), ("resume", resume_section)):
             if name not in skip:
                 print(f"== {name}", flush=True)
                 fn(tab, tmp, base, a)

@@ -18,7 +18,12 @@ class StoreError(RuntimeError):
 
 SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss")
 S3_QUERY = ("endpoint_override", "scheme", "region")     # where the server is, never who you are
-SECRETS = ("access_key", "secret_key", "session_token", "role_arn", "external_id")
+SECRETS = ("access_key", "secret_key", "session_token", "role_arn", "external_id", "sig")
+SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth")
+NAMED_USER = ("hdfs", "abfs", "abfss")     # user info names a user (hdfs) or a container (abfs)
+NO_SECRETS = ("credentials come only from the environment (AWS_ACCESS_KEY_ID, "
+              "AWS_SECRET_ACCESS_KEY; GOOGLE_APPLICATION_CREDENTIALS; AZURE_STORAGE_ACCOUNT_KEY), "
+              "the AWS profile or an instance role, never from a URI that is stored and logged")
 
 
 def kind(root: str) -> str:
@@ -29,19 +34,22 @@ def kind(root: str) -> str:
 
 
 def check_uri(root: str) -> None:
-    """Refuse an unknown scheme or query key without touching any filesystem or network."""
+    """Refuse an unknown scheme, a credential anywhere in the URI (user info, any scheme's
+    secret query keys) or an unknown S3 query key, without touching any filesystem or
+    network. The messages never repeat the URI, which may hold the secret."""
     if "://" not in root:
         return
     scheme = root.split("://", 1)[0]
     if scheme not in SCHEMES:
-        raise StoreError(f"storage: unknown scheme {scheme!r} in {root!r}; "
+        raise StoreError(f"storage: unknown scheme {scheme!r}; "
                          "allowed: a local path, file://, s3://, gs://, hdfs://, abfs://")
-    query = urlsplit(root).query
-    for key in parse_qs(query, keep_blank_values=True):
-        if key in SECRETS:
-            raise StoreError(f"storage: {key} in the URI; credentials come only from the "
-                             "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or the "
-                             "AWS profile, never from a URI that is stored and logged")
+    parts = urlsplit(root)
+    if parts.password is not None or (parts.username is not None and scheme not in NAMED_USER):
+        raise StoreError(f"storage: a credential in the user-info part of the {scheme}:// URI "
+                         f"(before '@'); {NO_SECRETS}")
+    for key in parse_qs(parts.query, keep_blank_values=True):
+        if key.lower() in SECRETS or any(w in key.lower() for w in SECRET_WORDS):
+            raise StoreError(f"storage: {key} in the URI; {NO_SECRETS}")
         if scheme == "s3" and key not in S3_QUERY:
             raise StoreError(f"storage: unknown query parameter {key!r} in the URI; allowed: "
                              f"{', '.join(S3_QUERY)}")

@@ -103,7 +103,10 @@ def _run(spec, root: str, address: str | None, resume: bool, report: bool) -> in
               f"(`vaestudy status {out.store.uri()}`)", file=sys.stderr)
         return 3
     print(status_text(out.store))
-    if report:
+    current = None if out.ran else runner.report_current(out.store)
+    if report and current:                 # nothing ran and no result since it was written
+        print(f"report: {current} (no result changed since it was written)")
+    elif report:
         _report(out.store)
     print(f"study {spec.name}: {out.counts['completed']} completed, {out.counts['diverged']} "
           f"diverged, {out.counts['failed']} failed in {out.seconds:.0f} s; results in "

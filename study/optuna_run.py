@@ -17,7 +17,7 @@ def fit_search(spec, scfg: SearchConfig, store: ResultStore, log=print,
     log(f"optuna study {spec.name!r} in {storage.name}: "
         f"{len(finished(study))} of {scfg.num_samples} trials done")
     errors: dict[str, str] = {}
-    searcher = OptunaStudySearcher(scfg, study, store, study_context(spec, store), storage.sync)
+    searcher = OptunaStudySearcher(scfg, study, store, study_context(spec, store), storage)
     if remaining > 0:
         errors = fit(spec, store, {}, search_alg=searcher, scheduler=_scheduler(scfg, spec),
                      num_samples=remaining, callbacks=callbacks)

@@ -33,6 +33,7 @@ def open_study(scfg: SearchConfig, storage, name: str):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize" if d == "max" else "minimize" for _, d in scfg.objectives]
+    storage.optuna = optuna.storages.get_storage(storage.optuna)   # the searcher's, too
     study = optuna.create_study(storage=storage.optuna, study_name=name, directions=directions,
                                 sampler=make_sampler(scfg), load_if_exists=True)
     n = len(study.get_trials(deepcopy=False))
@@ -58,12 +59,17 @@ def finished(study) -> list:
 
 class OptunaStudySearcher(Searcher):
     def __init__(self, scfg: SearchConfig, study, store: ResultStore, context: dict,
-                 sync=lambda: None):
+                 storage):
+        """storage: the `optuna_storage.Storage` that `open_study` opened `study` in."""
         super().__init__(metric=None, mode=None)
         from optuna.trial import TrialState
 
         self.scfg, self.study, self.store, self.context = scfg, study, store, context
-        self.sync = sync
+        self.sync = storage.sync
+        # Optuna's public storage interface (BaseStorage) for the trial attributes written
+        # after a trial's ask: one indexed lookup per completion, not a list of every trial
+        self.storage = storage.optuna
+        self.study_id = self.storage.get_study_id_from_name(study.study_name)
         self.pending = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
         self.live: dict[str, tuple[int, str, int]] = {}     # tune id -> (number, trial id, epochs)
         self.stopped: list[str] = []
@@ -114,7 +120,7 @@ class OptunaStudySearcher(Searcher):
         """The last epoch and used factors, shown by optuna-dashboard beside the trial id."""
         if not result:
             return
-        trial = self.study.get_trials(deepcopy=False)[number]
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
         for key in ("epoch", "n_used_factors"):
             if result.get(key) is not None:
-                self.study._storage.set_trial_user_attr(trial._trial_id, key, result[key])
+                self.storage.set_trial_user_attr(trial_id, key, result[key])

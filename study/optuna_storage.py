@@ -1,7 +1,8 @@
 """Where a search's Optuna study lives, chosen by `search.optuna.storage`:
 
   local (default; `sqlite` is the same)  no server needed.
-      A local results root: DIR/STUDY/optuna.db (SQLite), as always.
+      A local results root: DIR/STUDY/optuna.db (SQLite), as always, with a lock timeout
+      (`sqlite_url`) so that optuna-dashboard can read it while the search runs.
       An object-store root (s3://...): Optuna's JournalStorage in a file on the driver's
       local disk, mirrored to STUDY/optuna/journal/ after every ask and every tell. The
       journal is append-only, so each mirror step uploads only the bytes added since the
@@ -31,6 +32,7 @@ from study.inputs import UsageError
 from resultstore.store import ResultStore
 
 PIECE = re.compile(r"(\d{15})\.log$")
+SQLITE_TIMEOUT_S = 60       # how long a write waits for a reader's lock (optuna-dashboard's)
 ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -96,11 +98,19 @@ def open_storage(setting: str, store: ResultStore) -> Storage:
         url = rdb_url(expand(setting))
         return Storage(url, _safe(url))
     if store.local:
-        return Storage(f"sqlite:///{store.path('optuna.db')}", store.path("optuna.db"))
+        return Storage(sqlite_url(store), store.path("optuna.db"))
     mirror = JournalMirror(store, driver_dir(store) / "optuna")
     mirror.restore()
     return Storage(mirror.storage(), f"{mirror.path} (mirrored to "
                    f"{store.uri('optuna', 'journal')})", mirror)
+
+
+def sqlite_url(store: ResultStore) -> str:
+    """The local SQLite study with a lock timeout (SQLAlchemy hands `timeout` to sqlite3): a
+    dashboard reading it holds a shared lock that a write waits for instead of failing at
+    once with "database is locked" (optuna-dashboard issue 545). Give the dashboard the same
+    URL, so that its reads wait for our writes too."""
+    return f"sqlite:///{store.path('optuna.db')}?timeout={SQLITE_TIMEOUT_S}"
 
 
 def check(setting: str) -> None:

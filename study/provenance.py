@@ -13,7 +13,11 @@ def now_iso() -> str:
 
 def versions() -> dict[str, str | None]:
     """vaestudy (with its git commit), Python, Ray, torch, polars, pyarrow, CUDA and the GPU
-    (None where the driver has no GPU; trials may still run on GPU nodes)."""
+    (None where the driver has no GPU; trials may still run on GPU nodes), and the numerics
+    the metric values depend on: numpy, scipy, scikit-learn (its `mutual_info_score` and
+    classifiers: a suspected cause of drift in published MIG tables)."""
+    from importlib.metadata import version
+
     import polars
     import pyarrow
     import ray
@@ -24,7 +28,9 @@ def versions() -> dict[str, str | None]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"vaestudy": code_version(), "python": platform.python_version(),
             "ray": ray.__version__, "torch": torch.__version__, "polars": polars.__version__,
-            "pyarrow": pyarrow.__version__, "cuda": torch.version.cuda, "gpu": gpu}
+            "pyarrow": pyarrow.__version__, "cuda": torch.version.cuda, "gpu": gpu,
+            # by metadata: importing scipy or sklearn would cost the driver a second
+            **{k: version(k) for k in ("numpy", "scipy", "scikit-learn")}}
 
 
 def command() -> list[str]:

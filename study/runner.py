@@ -39,11 +39,13 @@ class Outcome:
     store: ResultStore
     counts: dict[str, int]
     seconds: float
+    ran: bool = True              # False: every trial had finished before; nothing was written
     lost: bool = False                # the lease was lost: another driver runs the study
 
 
 def prepare(spec: StudySpec, root: str, resume: bool = False):
-    """Everything that can fail on user input, before Ray starts or a file is written.
+    """Everything that can fail on user input, before Ray starts or a file is written (a
+    finished study's resume checks no data set: nothing will read one).
 
     Returns (store, trials, search config): a grid's [(trial id, config)], the recorded
     ids where the study exists; for a search, no trials and the search config."""
@@ -56,7 +58,8 @@ def prepare(spec: StudySpec, root: str, resume: bool = False):
         configs = [TrialConfig.from_dict(sample)]
     else:
         configs = trial_configs(spec)
-    check_data(configs)
+    if not resume or scfg is not None:       # a grid's resume: below, where trials will run
+        check_data(configs)
     if scfg is not None:
         from study import optuna_storage
 
@@ -79,7 +82,10 @@ def prepare(spec: StudySpec, root: str, resume: bool = False):
         raise UsageError(f"{store.uri()}: no study.json; nothing to resume")
     if scfg is not None:
         return store, [], scfg
-    return store, (recorded(old, configs) if old else [(c.trial_id(), c) for c in configs]), scfg
+    trials = recorded(old, configs) if old else [(c.trial_id(), c) for c in configs]
+    if resume and finished_before(store, trials) is None:
+        check_data([c for _, c in trials])
+    return store, trials, scfg
 
 
 def recorded(meta: dict, configs: list[TrialConfig]) -> list[tuple[str, TrialConfig]]:
@@ -137,13 +143,18 @@ def write_meta(store: ResultStore, spec: StudySpec, trials: list[dict] | None, *
 def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = False,
         log=print) -> Outcome:
     guards.check_cluster_storage(spec, root, address)
+    guards.check_gpu_share(spec, address)
     store, trials, scfg = prepare(spec, root, resume)
     log(f"study {spec.name}: {spec.size_line()}")
     log(f"results: {store.uri()}")
     t0 = time.time()
     ids = [tid for tid, _ in trials]
+    done = finished_before(store, trials) if scfg is None else None
+    if done is not None:                       # no lease, no Ray, no write
+        log(f"plan: {len(ids)} trials finished before, 0 to run")
+        return Outcome(store, count_states(done, ids), time.time() - t0, ran=False)
     with hold(store, log) as lease:
-        rows, todo = plan(store, trials) if scfg is None else (store.trial_states()[0], {})
+        rows, todo = plan(store, trials) if scfg is None else (trial_states(store), {})
         if scfg is None:
             log(f"plan: {len(ids) - len(todo)} trials finished before, {len(todo)} to run")
         space, packs = _grid_space(spec, todo, log)
@@ -201,18 +212,63 @@ def _gpu_share(spec: StudySpec, address: str | None) -> float:
     return share
 
 
+def finished_before(store: ResultStore, trials: list[tuple[str, TrialConfig]]
+                    ) -> dict[str, dict] | None:
+    """The status rows when an earlier driver ended the study (its final table) with every
+    trial finished, else None. Finished states are final, so no other driver can change
+    them: a resume with nothing to run needs no lease."""
+    table = store.read_status_table()          # one read; never the per-trial files
+    # a table of an older format: the study's records need upgrading (write_meta), a run does it
+    if table is None or not table[1].get("final") or \
+            table[1].get("format_version") != FORMAT_VERSION:
+        return None
+    known = {r["trial_id"]: r for r in table[0]}
+    if any((known.get(tid) or {}).get("state") not in FINISHED for tid, _ in trials):
+        return None
+    return known
+
+
+def report_current(store: ResultStore) -> str | None:
+    """Where report.html is when it was written after the status table (the results have not
+    changed since), else None."""
+    import pyarrow.fs as pafs
+
+    report, table = store.fs.get_file_info([store.path("report.html"),
+                                            store.path("status.parquet")])
+    if report.type != pafs.FileType.File or table.type != pafs.FileType.File:
+        return None
+    if report.mtime is None or table.mtime is None or report.mtime < table.mtime:
+        return None
+    return store.uri("report.html")
+
+
 def plan(store: ResultStore, trials: list[tuple[str, TrialConfig]]) -> tuple[dict[str, dict], dict]:
     """(a status row per trial, {id: config} of those to run): finished trials stay out.
 
     One read of the status table when it is current, else the trials' status files in
     parallel; a finished state is final, so the table's word is enough for it."""
-    known, _ = store.trial_states([tid for tid, _ in trials])
+    known = trial_states(store, [tid for tid, _ in trials])
     rows = {}
     for tid, cfg in trials:
         rows[tid] = config_row(tid, cfg.to_dict())
         rows[tid].update({k: v for k, v in known.get(tid, {}).items() if v is not None})
     todo = {tid: cfg.to_dict() for tid, cfg in trials if rows[tid]["state"] not in FINISHED}
     return rows, todo
+
+
+def trial_states(store: ResultStore, trial_ids: list[str] | None = None) -> dict[str, dict]:
+    """The store's status rows, where a driver's table is not final (it runs, or was killed)
+    with its unfinished trials read from their own status files: the tracker writes the table
+    at most every WRITE_EVERY_S, so a killed driver's last table may miss the last seconds'
+    completions. A finished state is final, so the table's word is enough for those."""
+    from resultstore.format import status_row
+
+    rows, meta = store.trial_states(trial_ids)
+    if meta is not None and not meta.get("final"):
+        open_ = [tid for tid, r in rows.items() if r.get("state") not in FINISHED]
+        for tid, st in store.status_many(open_).items():
+            rows[tid].update({k: v for k, v in status_row(st).items() if v is not None})
+    return rows
 
 
 def record_failures(store: ResultStore, tracker: StatusTracker, errors: dict[str, str]) -> None:

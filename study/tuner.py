@@ -40,7 +40,7 @@ def start_ray(address: str | None, log=print) -> None:
             # A cluster whose nodes run on loopback (tests, one-machine clusters): stay there,
             # instead of Ray's swap of 127.0.0.1 for the machine's outward address.
             raypatch.keep_loopback_address()
-            ray.init(address=address, log_to_driver=False, _node_ip_address="127.0.0.1")
+            ray.init(address=address, log_to_driver=False, **raypatch.loopback_node())
         else:
             ray.init(address=address, log_to_driver=False)
     else:
@@ -50,7 +50,7 @@ def start_ray(address: str | None, log=print) -> None:
         # address="local": always a new private instance, never a `ray start` cluster (or a
         # dead one's leftover address file) that ray.init() would otherwise look for.
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="warning")
+                 configure_logging=True, logging_level="warning", **raypatch.loopback_node())
 
 
 def _is_loopback(address: str) -> bool:
@@ -71,7 +71,7 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
     from study.optuna_storage import driver_dir
     from study.tracker import trial_key
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # the concise table, not per-result boxes
+    raypatch.legacy_output()                   # the concise table, not per-trial boxes
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"   # no CSV/JSON/TensorBoard copies
     spec = dataclasses.replace(spec, gpu=guards.gpu_share(spec, None))   # run() sets it on a cluster
     fn = tune.with_parameters(_trainable(), configs=configs) if configs else _trainable()

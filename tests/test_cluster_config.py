@@ -111,7 +111,11 @@ def test_aws_cpu_head_and_autoscaling_gpu_workers():
     assert gpu["min_workers"] == 0
     assert 1 <= gpu["max_workers"] <= config["max_workers"]
     assert config["idle_timeout_minutes"] > 0
-    assert "IamInstanceProfile" in gpu["node_config"]           # workers write to S3 too
+    # workers write to S3 too, with a profile of their own: not the head's (Ray's default,
+    # which may launch instances and pass roles), but one scoped to the results bucket
+    arn = gpu["node_config"]["IamInstanceProfile"]["Arn"]
+    assert arn.endswith(":instance-profile/vaestudy-worker") and "ray-autoscaler" not in arn
+    assert "IamInstanceProfile" not in head["node_config"]
 
 
 def test_onprem_uses_the_local_provider():
@@ -137,3 +141,16 @@ def test_onprem_head_runs_autoscaler_v1():
     head = next(c for c in prepared("cluster-onprem.yaml")["head_start_ray_commands"]
                 if "ray start" in c)
     assert "RAY_enable_autoscaler_v2=0" in head
+
+
+def test_docs_never_give_credentials_through_the_jobs_runtime_env():
+    """Ray keeps a job's runtime env in its record (dashboard, `ray job list`): credentials go
+    to each machine instead; the docs may warn against it, never show it."""
+    import re
+
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        assert not re.search(r"env_vars[^\n]{0,200}AWS_(ACCESS|SECRET|SESSION)", text), doc
+        for line in text.splitlines():
+            if "--runtime-env-json" in line:
+                assert "Never" in line, (doc, line)       # the warning itself

@@ -29,9 +29,9 @@ by `test_generated_config_differs_only_where_stated`):
 What is not in the config but on the "machines": each host's ~/.bashrc starts
 with the Python the test venv is built on first on PATH (the machine's
 `python3`) and RAY_USAGE_STATS_ENABLED=0; the study's storage is a moto S3
-server on 10.15.15.1, reached through AWS_* variables that `ray job submit`
-passes in the job's runtime environment (on a real cluster: the machines'
-credentials). Timings go to stdout (`-s`) as `TIMING name seconds`.
+server on 10.15.15.1, reached through AWS_* variables in each host's ~/.bashrc
+(the per-node environment docs/cluster.md describes; never the job's runtime
+environment, which Ray keeps in the job's record). Timings go to stdout (`-s`) as `TIMING name seconds`.
 """
 from __future__ import annotations
 
@@ -229,14 +229,17 @@ class Machine:
         self.lan = onprem.Lan()
         pybin = os.path.dirname(os.path.realpath(sys.executable if sys.prefix == sys.base_prefix
                                                  else sys._base_executable))
-        bashrc = f"export PATH={pybin}:$PATH RAY_USAGE_STATS_ENABLED=0\n"
+        self.s3 = onprem.S3Server(onprem.LAPTOP_IP, b / "s3.log", BUCKET)
+        # each machine's own credentials, in its environment (as docs/cluster.md says),
+        # never in the job's runtime env, which Ray shows in `ray job list` and the dashboard
+        creds = " ".join(f"{k}={v}" for k, v in self.s3.env.items())
+        bashrc = f"export PATH={pybin}:$PATH RAY_USAGE_STATS_ENABLED=0 {creds}\n"
         for n, (name, ip) in enumerate([("head", HEAD_IP), ("worker", WORKER_IP)]):
             h = onprem.Host(name, n + 2, b, self.key.with_suffix(".pub").read_text(), bashrc,
                             _keep_under_home())
             assert h.ip == ip
             self.hosts[name] = h
             h.boot()
-        self.s3 = onprem.S3Server(onprem.LAPTOP_IP, b / "s3.log", BUCKET)
         home = b / "laptop"
         (home / "tmp").mkdir(parents=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
@@ -377,9 +380,8 @@ def _why(name: str, out: str = "") -> str:
 
 
 def _submit(m: Machine, job_id: str, args: list[str]) -> None:
-    runtime_env = json.dumps({"env_vars": m.s3.env})
     m.ray("job", "submit", "--address", m.address, "--submission-id", job_id,
-          "--runtime-env-json", runtime_env, "--no-wait", "--", "vaestudy", "run", *args)
+          "--no-wait", "--", "vaestudy", "run", *args)
 
 
 def _follow(m: Machine, job_id: str) -> subprocess.Popen:

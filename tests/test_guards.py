@@ -1,5 +1,5 @@
-"""Guard rails: local storage on a cluster, GPU shares from node types, a device that follows its
-share, the storage probe, out-of-memory failing fast, a resumed search that does not repeat."""
+"""Guard rails: local storage on a cluster, an explicit GPU share on a cluster, no credentials in
+a storage URI, a device that follows its share, the storage probe, out-of-memory failing fast, a resumed search that does not repeat."""
 import json
 import os
 import signal
@@ -17,6 +17,7 @@ from study.cli import main
 from study.inputs import UsageError
 from study.spec import parse, trial_configs
 from conftest import tiny
+from test_cli import _refused
 from resultstore.store import ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,39 +55,61 @@ def test_shared_or_object_storage_passes_the_cluster_check():
 
 # ---- GPU shares ------------------------------------------------------------------------
 
-G5_XLARGE, M5_HEAD = {"CPU": 4, "GPU": 1, "memory": 16e9}, {"CPU": 0}
+def test_a_study_joining_a_cluster_without_resources_gpu_is_refused_in_one_line(capsys, tmp_path):
+    """No public Ray API gives the GPUs of node types with no node up (an autoscaling
+    cluster at min_workers 0), and a guessed 0 hides every GPU: the share is asked for."""
+    _refused(capsys, tmp_path, ["run", "--address", "10.0.0.1:6379", "--set",
+                                "storage_shared=true", "--set", "dataset.n=300"],
+             "resources.gpu: not set, and the study joins the Ray cluster at 10.0.0.1:6379")
 
 
-@pytest.mark.parametrize("types,cpu,share", [
-    ([M5_HEAD, G5_XLARGE], 1, 0.25),             # cluster.yaml: four trials per A10G
-    ([M5_HEAD, G5_XLARGE], 2, 0.5),
-    ([{"CPU": 8, "GPU": 8}], 1, 1.0),
-    ([{"CPU": 3, "GPU": 4}], 1, 1.0),            # 1.33 GPUs: Ray takes whole GPUs above 1
-    ([G5_XLARGE, {"CPU": 48, "GPU": 4}], 1, 4 / 48),   # every CPU slot of either type its share
-    ([{"CPU": 2}, {"CPU": 16}], 1, 0.0),         # no GPU anywhere: CPU trials
-    ([{"CPU": 2, "GPU": 1}], 4, 0.0),            # a trial does not fit the GPU node type
-    ([{}, {}], 1, None),                         # resources unknown
+@pytest.mark.parametrize("raw,share", [
+    ({"resources": {"gpu": 0.5}}, 0.5),
+    ({"resources": {"gpu": 0}}, 0.0),                  # CPU only, said so
+    ({"pack": 4}, 1.0),                                # a pack fills a whole GPU by default
 ])
-def test_gpu_share_from_node_types(types, cpu, share):
-    got = guards.derive_share(types, cpu)
-    assert got == (share if share is None else pytest.approx(share, abs=1e-4))
+def test_a_cluster_share_is_the_one_set(raw, share):
+    assert guards.gpu_share(parse({"name": "x", **raw}), "10.0.0.1:6379") == share
 
 
-def test_gpu_share_from_the_cluster_launchers_bootstrap_config(tmp_path):
-    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-    config["available_node_types"]["gpu_worker"]["resources"] = G5_XLARGE    # as `ray up` fills
-    path = tmp_path / "ray_bootstrap_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    types = guards._bootstrap_node_types(str(path))
-    assert guards.derive_share(types, cpu=1) == 0.25
-
-
-def test_unknown_node_types_on_a_cluster_are_refused_naming_resources_gpu(monkeypatch):
-    monkeypatch.setattr(guards, "node_types", lambda: None)
-    with pytest.raises(UsageError, match="resources.gpu: not set, and the cluster's node types "
-                                         "cannot be read.*set resources.gpu"):
+def test_a_missing_share_on_a_cluster_is_refused_by_the_share_too():
+    with pytest.raises(UsageError, match="resources.gpu: not set.*e.g. resources.gpu: 0.25"):
         guards.gpu_share(parse({"name": "x"}), "10.0.0.1:6379")
-    assert guards.gpu_share(parse({"name": "x", "resources": {"gpu": 0.5}}), "10.0.0.1:6379") == 0.5
+
+
+# ---- credentials in the storage URI ---------------------------------------------------
+
+SECRET_URIS = [
+    ("s3://AKIAEXAMPLE:hunter2@bucket/p", "user-info part of the s3:// URI"),
+    ("s3://AKIAEXAMPLE@bucket/p", "user-info part of the s3:// URI"),
+    ("abfs://:hunter2@account.dfs.core.windows.net/c", "user-info part of the abfs:// URI"),
+    ("abfs://c:hunter2@account.dfs.core.windows.net/p", "user-info part of the abfs:// URI"),
+    ("hdfs://u:hunter2@namenode:8020/p", "user-info part of the hdfs:// URI"),
+    ("s3://bucket/p?secret_key=hunter2", "secret_key in the URI"),
+    ("gs://bucket/p?access_token=hunter2", "access_token in the URI"),
+    ("abfs://c@account.dfs.core.windows.net/p?account_key=hunter2", "account_key in the URI"),
+    ("abfs://c@account.dfs.core.windows.net/p?sv=1&sig=hunter2", "sig in the URI"),
+    ("hdfs://namenode:8020/p?kerb_ticket_password=hunter2", "kerb_ticket_password in the URI"),
+]
+
+
+@pytest.mark.parametrize("uri,needle", SECRET_URIS, ids=[u for u, _ in SECRET_URIS])
+def test_a_credential_anywhere_in_the_storage_uri_is_refused_without_repeating_it(
+        capsys, uri, needle):
+    import ray
+
+    assert main(["run", "--set", f"storage={uri}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and needle in err and "hunter2" not in err, err
+    assert not ray.is_initialized()
+
+
+def test_names_that_are_not_secrets_pass():
+    from resultstore.uri import check_uri
+
+    for uri in ("abfs://container@account.dfs.core.windows.net/p", "hdfs://alice@namenode/p",
+                "s3://b/p?endpoint_override=127.0.0.1:9000&scheme=http&region=x"):
+        check_uri(uri)
 
 
 DEVICE = """

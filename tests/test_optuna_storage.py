@@ -161,3 +161,39 @@ def test_journal_mirror_uploads_each_write_once_and_restores_the_study(tmp_path)
     again.restore()
     back = optuna.load_study(study_name="j", storage=again.storage())
     assert [t.values for t in back.get_trials()] == [t.values for t in study.get_trials()]
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_reads_the_sqlite_study_while_the_search_writes_it(procs):
+    """The README's dashboard on the live SQLite study: both sides use the URL with the lock
+    timeout, so neither a dashboard read nor a search write fails with 'database is locked'."""
+    spec = procs.tmp / "s.yaml"
+    spec.write_text(yaml.safe_dump({**SEARCH, "name": "live", "num_samples": 6,
+                                    "train": {"epochs": 4},
+                                    "search": {"optuna": {"sampler": "random", "seed": 3}}}))
+    root = procs.tmp / "res"
+    driver = procs.start(cli("run", str(spec), "--out", str(root), "--no-report"), "run")
+    store = ResultStore(str(root), "live")
+    deadline = time.time() + 300
+    while not (root / "live" / "optuna.db").exists():
+        assert driver.poll() is None and time.time() < deadline, procs.log("run")[-2000:]
+        time.sleep(0.2)
+    port = free_port()
+    procs.start([str(Path(sys.executable).parent / "optuna-dashboard"),
+                 optuna_storage.sqlite_url(store), "--host", "127.0.0.1", "--port", str(port)],
+                "dashboard")
+    wait_port(port)
+    base = f"http://127.0.0.1:{port}/api/studies"
+    reads, seen = 0, set()
+    while driver.poll() is None:                       # read as fast as it answers
+        assert time.time() < deadline, procs.log("run")[-2000:]
+        for s in _get(base)["study_summaries"]:
+            seen |= {t["number"] for t in _get(f"{base}/{s['study_id']}")["trials"]}
+            reads += 1
+        time.sleep(0.02)
+    assert driver.returncode == 0, procs.log("run")[-3000:]
+    assert reads >= 3 and len(seen) >= 1, (reads, seen)
+    for name in ("run", "dashboard"):
+        assert "database is locked" not in procs.log(name), procs.log(name)[-3000:]
+    done = optuna.load_study(study_name="live", storage=optuna_storage.sqlite_url(store))
+    assert len(done.get_trials()) == 6

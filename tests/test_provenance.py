@@ -9,8 +9,15 @@ from study import provenance
 
 def test_versions_name_every_library_the_results_depend_on():
     v = provenance.versions()
-    assert {"vaestudy", "python", "ray", "torch", "polars", "pyarrow", "cuda", "gpu"} <= set(v)
+    import numpy
+    import scipy
+    import sklearn
+
+    assert {"vaestudy", "python", "ray", "torch", "polars", "pyarrow", "cuda", "gpu", "numpy",
+            "scipy", "scikit-learn"} <= set(v)
     assert v["polars"] == polars.__version__ and v["pyarrow"] == pyarrow.__version__
+    assert (v["numpy"], v["scipy"], v["scikit-learn"]) == \
+        (numpy.__version__, scipy.__version__, sklearn.__version__)
     assert v["python"].count(".") == 2
 
 
