@@ -69,9 +69,11 @@ class Lease:
         if holder is not None and not holder.get("released"):
             if not self._stale(newest, holder):
                 raise LeaseHeld(held_line(self.store, holder))
+            why = ("its process is gone" if holder.get("host") == socket.gethostname()
+                   and not _alive(holder.get("pid", -1)) else
+                   f"its lease was not renewed for {holder.get('ttl', self.ttl):.0f} s")
             self.log(f"taking over study {self.store.study!r} from driver pid {holder.get('pid')} "
-                     f"on {holder.get('host')}: its lease was not renewed for "
-                     f"{holder.get('ttl', self.ttl):.0f} s")
+                     f"on {holder.get('host')}: {why}")
         self.since = time.time()
         path = self.store.path(LEASE_DIR, lease_name(newest + 1))
         if not backend.create(path, self._record()):

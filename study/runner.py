@@ -265,9 +265,15 @@ def trial_states(store: ResultStore, trial_ids: list[str] | None = None) -> dict
 
     rows, meta = store.trial_states(trial_ids)
     if meta is not None and not meta.get("final"):
-        open_ = [tid for tid, r in rows.items() if r.get("state") not in FINISHED]
-        for tid, st in store.status_many(open_).items():
-            rows[tid].update({k: v for k, v in status_row(st).items() if v is not None})
+        if trial_ids is None:          # a search: the table may not list a trial at all yet
+            files = {st["trial_id"]: st for st in store.all_status()}
+        else:
+            files = store.status_many([t for t in trial_ids
+                                       if rows.get(t, {}).get("state") not in FINISHED])
+        for tid, st in files.items():
+            if rows.get(tid, {}).get("state") not in FINISHED:
+                rows.setdefault(tid, {}).update(
+                    {k: v for k, v in status_row(st).items() if v is not None})
     return rows
 
 

@@ -251,7 +251,7 @@ def test_a_sigkilled_random_search_resumes_without_repeating_a_parameter_set(tmp
         driver.wait()
         r = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(root / "rk"),
                             "--no-report"], capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-1500:]
     finally:
         try:
             os.killpg(driver.pid, signal.SIGKILL)
