@@ -1,5 +1,6 @@
 """A study whose driver is SIGKILLed mid-run, then `vaestudy resume`d: every trial
 completes and every (trial_id, epoch) is stored exactly once."""
+import json
 import signal
 import time
 from pathlib import Path
@@ -74,7 +75,8 @@ def test_ctrl_c_stops_the_study_and_says_how_to_resume(procs):
     out = procs.log("run")
     assert driver.returncode == 130, out[-2000:]
     assert "vaestudy resume" in out
-    assert not list((root / "interrupted" / "lease").glob("driver-*.json"))
+    leases = sorted((root / "interrupted" / "lease").glob("driver-*.json"))
+    assert [json.loads(p.read_text())["released"] for p in leases] == [True]   # released
     rc, resumed = procs.run(cli("resume", str(root / "interrupted"), "--no-report"), "resume")
     assert rc == 0, resumed[-3000:]
     trials = pl.scan_parquet(store.glob("trials")).collect()
