@@ -152,8 +152,8 @@ def test_a_completed_trial_keeps_only_what_checkpoint_final_says(tmp_path, mode,
     tid = cfg.trial_id()
     sizes = []
     from resultstore.trial import TrialHandle
-    save = TrialHandle.checkpoint                         # measures each checkpoint's size
-    monkeypatch.setattr(TrialHandle, "checkpoint", lambda self, *a, **k: (
+    save = TrialHandle._checkpoint                        # measures each checkpoint's size
+    monkeypatch.setattr(TrialHandle, "_checkpoint", lambda self, *a, **k: (
         save(self, *a, **k), sizes.append(Path(self.checkpoints()[-1][1]).stat().st_size)))
     run_trial(cfg, store, log=lambda s: None)
     files = sorted(p.name for p in Path(store.path("checkpoints", tid)).glob("*"))
