@@ -25,17 +25,14 @@ first passes time faster (`pick_conv`).
 from __future__ import annotations
 
 import copy
-import math
-import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from trainables.data import as_float
+from trainables.pack_conv import CONVS, _matmul_convs, check_matmul, pick_conv  # noqa: F401
 from trainables.noise import NoiseModel
 from trainables.train import Run, adam_settings, autocast
 from trainables.vae import VAE
@@ -55,74 +52,6 @@ class _Method(nn.Module):
 
     def forward(self, *args):
         return self.fn(self.vae, *args)
-
-
-class _MatmulConv2d(nn.Conv2d):
-    """Conv2d as im2col + one matmul per member: under vmap, one bmm over the members
-    instead of the grouped convolution (groups = G) that vmap makes of nn.Conv2d."""
-
-    def forward(self, x):
-        B, _, h, w = x.shape
-        (k, _), (s, _), (p, _) = self.kernel_size, self.stride, self.padding   # square: checked
-        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        cols = F.unfold(x, k, padding=p, stride=s)                      # [B, Cin k k, L]
-        cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)          # [Cin k k, B L]
-        out = self.weight.reshape(self.out_channels, -1) @ cols         # [Cout, B L]
-        out = out + self.bias.view(-1, 1)
-        return out.view(self.out_channels, B, ho, wo).transpose(0, 1)   # [B, Cout, ho, wo]
-
-
-class _MatmulConvTranspose2d(nn.ConvTranspose2d):
-    """ConvTranspose2d as one matmul per member + col2im (F.fold): the adjoint of the above."""
-
-    def forward(self, x):
-        B, C, h, w = x.shape
-        (k, _), (s, _), (p, _) = self.kernel_size, self.stride, self.padding   # square: checked
-        ho = (h - 1) * s - 2 * p + k + self.output_padding[0]
-        wo = (w - 1) * s - 2 * p + k + self.output_padding[1]
-        cols = self.weight.reshape(C, -1).t() @ x.transpose(0, 1).reshape(C, -1)  # [Cout k k, B L]
-        cols = cols.view(cols.shape[0], B, h * w).transpose(0, 1)                 # [B, Cout k k, L]
-        out = F.fold(cols, (ho, wo), k, padding=p, stride=s)
-        return out + self.bias.view(1, -1, 1, 1)
-
-
-CONVS = ("grouped", "matmul")
-MATMUL = {nn.Conv2d: _MatmulConv2d, nn.ConvTranspose2d: _MatmulConvTranspose2d}
-
-
-def check_matmul(name: str, conv: nn.Module) -> None:
-    """The matmul forms read one kernel size, stride and padding: refuse what they cannot
-    express instead of computing another convolution."""
-    def square(v):
-        return isinstance(v, tuple) and len(set(v)) == 1
-    why = [w for w, bad in (
-        (f"kernel {conv.kernel_size} not square", not square(conv.kernel_size)),
-        (f"stride {conv.stride} differs per dimension", not square(conv.stride)),
-        (f"padding {conv.padding!r} differs per dimension or is a mode",
-         not square(conv.padding) or isinstance(conv.padding, str)),
-        (f"dilation {conv.dilation}", tuple(conv.dilation) != (1, 1)),
-        (f"groups {conv.groups}", conv.groups != 1),
-        (f"padding_mode {conv.padding_mode!r}", conv.padding_mode != "zeros"),
-        ("no bias", conv.bias is None)) if bad]
-    if why:
-        raise ValueError(f"conv: matmul cannot run {name} ({type(conv).__name__}): "
-                         f"{'; '.join(why)}; use conv: grouped")
-
-
-def _matmul_convs(module: nn.Module, prefix: str = "") -> nn.Module:
-    """Swap every convolution of a meta-device template for its matmul form (refusing
-    those it cannot express); parameter names stay, so functional_call's state fits."""
-    for name, child in module.named_children():
-        cls = MATMUL.get(type(child))
-        if cls is None:
-            _matmul_convs(child, f"{prefix}{name}.")
-            continue
-        check_matmul(prefix + name, child)
-        kw = dict(stride=child.stride, padding=child.padding, device="meta")
-        if isinstance(child, nn.ConvTranspose2d):
-            kw["output_padding"] = child.output_padding
-        setattr(module, name, cls(child.in_channels, child.out_channels, child.kernel_size, **kw))
-    return module
 
 
 def _loss(vae: VAE, x, eps, beta):
@@ -258,50 +187,6 @@ def _eval_fn(template: VAE, conv: str):
         template = _matmul_convs(copy.deepcopy(template))
     return vmap(lambda p, b, x, e: functional_call(_Method(template, _evlb), _prefix(p, b),
                                                    (x, e)), in_dims=(0, 0, None, 0))
-
-
-def pick_conv(pack: Pack, fns: dict, warmup: int = 3, reps: int = 5) -> tuple[str, dict]:
-    """The convolution layout whose forward and backward pass of this pack is faster:
-    (name, {name: median ms}). Timed on constant batches of the pack's shape, on copies of
-    its weights and noise parameters: the members' state and generators are untouched.
-    As cudnn.benchmark does for algorithms, a GPU run may pick differently from the next;
-    the layouts give the same numbers up to rounding."""
-    run = pack.runs[0]
-    B, H = run.cfg.train.batch_size, run.cfg.model.latent_dim
-    x = torch.full((pack.G, B, *run.vae.shape), 0.5, dtype=pack.flat.dtype, device=pack.device)
-    eps = torch.zeros(pack.G, B, H, dtype=pack.flat.dtype, device=pack.device)
-    flat = pack.flat.detach().clone().requires_grad_()
-    ms = {}
-    for name, fn in fns.items():
-        buffers = {k: b.clone() for k, b in pack.buffers.items()}     # EM updates them in place
-        times = []
-        try:
-            for i in range(warmup + reps):
-                _sync(pack.device)
-                t0 = time.perf_counter()
-                with autocast(run.cfg, pack.device):
-                    loss, _ = fn(pack.views(flat), buffers, x, eps, pack.beta)
-                loss.sum().backward()
-                _sync(pack.device)
-                flat.grad = None
-                if i >= warmup:
-                    times.append((time.perf_counter() - t0) * 1e3)
-        except torch.OutOfMemoryError:            # this layout does not fit: not a candidate
-            loss = flat.grad = None
-            times = [math.inf]
-            if pack.device.type == "cuda":
-                torch.cuda.empty_cache()
-        ms[name] = statistics.median(times)
-    best = min(ms, key=ms.get)
-    if math.isinf(ms[best]):
-        raise torch.OutOfMemoryError(f"CUDA out of memory: a pack of {pack.G} fits in neither "
-                                     f"convolution layout ({', '.join(ms)})")
-    return best, ms
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _moment(run: Run, i: int, key: str) -> torch.Tensor:
