@@ -129,3 +129,15 @@ def test_matmul_convolutions_refuse_what_they_cannot_express(conv, why):
     with pytest.raises(ValueError, match=f"matmul cannot run enc.0 .*{why}"):
         packing._matmul_convs(nn.Sequential(conv), "enc.")
     packing.check_matmul("ok", nn.Conv2d(2, 3, 4, 2, 1))      # App. D's kind: accepted
+
+
+def test_each_members_noise_is_its_own_generators_draw():
+    """One draw per member into the pack's buffer, full batch and partial: bit for bit
+    what the member's generator gives the unpacked trial."""
+    runs = _runs()
+    gens = [torch.Generator().set_state(r.gen.get_state()) for r in runs]
+    pk = packing.stack(runs)
+    for b in (100, 37):
+        eps = packing.noise(pk, b)                                   # [G, b, H]
+        for g, e in zip(gens, eps):
+            assert torch.equal(e, torch.randn(b, 4, generator=g))
