@@ -139,7 +139,8 @@ def profile_pack(G: int, device: torch.device, steps: int, warmup: int) -> tuple
             pack_eval.evaluate(pk, test, list(range(G)))
         _sync(device)
     rows = _phase_rows(prof, steps)
-    ops = sum(1 for e in prof.events() if e.cpu_parent is None) / steps
+    ops = sum(1 for e in prof.events() if e.name not in PHASES and (
+        e.cpu_parent is None or e.cpu_parent.name in PHASES)) / steps   # under the ranges
     head = [f"pack of {G} ({pk.conv} conv), {steps} steps under the profiler, {ops:.0f} "
             f"top-level operators per step (evaluation included once)",
             f"{'phase':<18}{'host ms/step':>14}{'GPU ms/step':>13}", *rows,
