@@ -21,8 +21,8 @@ SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EVAL_METRICS = ("mig", "sap", "modularity")   # analysis.metrics.SEARCHABLE: cheap per evaluation
-RUNTIME_KEYS = {"train": ("threads", "fault_epoch_delay",     # how a trial runs, not what it computes
-                          "cuda_graphs"),
+# how a trial runs, not what it computes (a captured step replays the same kernels)
+RUNTIME_KEYS = {"train": ("threads", "fault_epoch_delay", "cuda_graphs"),
                 "checkpoint": ("final",)}     # what a completed trial keeps: the same trial
 # The keys results format 1 hashed into a trial id (all of them, defaults included);
 # frozen, so that studies written then still map their spec to their recorded ids.
