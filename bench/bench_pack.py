@@ -182,7 +182,9 @@ def in_process(pack: int | None, epochs: int, limit: int, threads: int, root: st
     """The study's trials in this process (no Ray): {phase: seconds, "total": seconds}."""
     spec = parse(study_spec(f"i{pack or 'u'}{time.time_ns() % 10**6}", pack, epochs, limit,
                             threads))
-    cfgs = [TrialConfig.from_dict({**c.flat(), "train.threads": threads})
+    per = threads if pack else 1                 # as the study runs them: a trial per core
+    torch.set_num_threads(per)
+    cfgs = [TrialConfig.from_dict({**c.flat(), "train.threads": per})
             for c in trial_configs(spec)]
     store = ResultStore(root, spec.name)
     targets = [(Writer, "flush", "waiting for the writer")]
@@ -199,6 +201,7 @@ def in_process(pack: int | None, epochs: int, limit: int, threads: int, root: st
             for c in cfgs:
                 train.run_trial(c, store, **quiet)
     total = time.perf_counter() - t0
+    torch.set_num_threads(threads)
     return {**ph.s, "rest (data, model, finishing)": total - sum(ph.s.values()), "total": total}
 
 
@@ -214,13 +217,15 @@ def studies(a) -> None:
     for p in arms:
         print(f"  {name[p]:<10}{wall[p]:7.1f} s   ({wall[None] / wall[p]:.2f}x unpacked)")
     print("\nwhere the time goes (s; the same trials in this process, one after another, "
-          f"{a.threads} threads each; 'outside training' = study wall - in-process total):")
+          f"as the study runs them: unpacked 1 thread each, packs {a.threads}; 'outside "
+          f"training' = study wall - in-process total, / {a.threads} unpacked, whose study "
+          f"runs {a.threads} trials at once):")
     phases = [k for k in inner[arms[-1]] if k != "total"]
     print(f"  {'':<32}" + "".join(f"{name[p]:>11}" for p in arms))
     for k in phases + ["total"]:
         print(f"  {k:<32}" + "".join(f"{inner[p].get(k, 0.0):>11.2f}" for p in arms))
-    print(f"  {'outside training':<32}" + "".join(f"{wall[p] - inner[p]['total']:>11.2f}"
-                                                  for p in arms))
+    print(f"  {'outside training':<32}" + "".join(
+        f"{wall[p] - inner[p]['total'] / (1 if p else a.threads):>11.2f}" for p in arms))
 
 
 def main() -> None:
@@ -233,6 +238,7 @@ def main() -> None:
     ap.add_argument("--study-limit", type=int, default=3000, help="MNIST images in the study")
     ap.add_argument("--step-sizes", type=int, nargs="+", default=[8], help="G of the step alone")
     ap.add_argument("--skip-studies", action="store_true")
+    ap.add_argument("--only-studies", action="store_true")
     ap.add_argument("--smoke-test", action="store_true", help="G=2, 2 steps, a 1-epoch study")
     a = ap.parse_args()
     if a.smoke_test:
@@ -241,6 +247,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     print(f"App. D MNIST VAE, H=128, batch 100, {a.steps} steps per trial, {a.threads} threads, "
           f"median of {a.reps}; a shared CPU: figures vary from run to run")
+    if a.only_studies:
+        return studies(a)
     rows = throughput(a.step_sizes, a.steps, a.reps)
     print(f"\n{'G':>4}{'one after another':>20}{'one pack':>12}{'pack / alone':>14}")
     for G, alone, packed in rows:
