@@ -355,7 +355,7 @@ def report(args: argparse.Namespace) -> None:
         lines.append(f"{r['layout']:<36}{r['conv']:>8}{rate:>10,.0f}{per_h:>10.2f}{ratio:>11}"
                      f"{GRID_TRIALS / per_h:>10.1f} h")
     lines.append("target: best pack >= 5x the 4 x 0.25 layout (goal 15x); paper grid = "
-                 "34 configs x 5 seeds x 200 epochs of 42,000 images, training steps only")
+                 "34 configs x 5 seeds x 200 epochs of 42,000 images; this column: training steps only")
     lines.append(grid_estimate(results, evaluation))
     text = "\n".join(lines)
     print(text)
