@@ -1,27 +1,27 @@
-"""Trials per hour on one GPU by layout: 1 trial alone, 4 trials at a 0.25 share
-(4 processes), packs of 16/32/64/128, and variants of the pack of 64: its convolutions
-forced grouped or matmul, cuDNN's algorithm search off, bf16, torch.compile; then a
-profile of the pack of 64 (wall and GPU-busy ms per step, operators per step, the top
-kernels), which says whether the host (launches) or the GPU (kernels) bounds a step.
+"""Trials per hour on one GPU by layout, and what bounds a packed step: 4 trials at a
+0.25 share (4 processes), packs of 32/64/128, the pack of 64 captured as a CUDA graph
+(train.cuda_graphs), two packs of 64 at a 0.5 share each (2 processes); then a profile
+of the pack of 64 with named ranges per phase (data, forward/backward, Adam, noise
+update, evaluation) and the paper's MNIST grid estimated from the best layout,
+evaluation included.
 
     PYTHONPATH=$PWD python3 bench/gpu_bench.py [--steps 100] [--out DIR] [--cpu-dry-run]
 
-Convolutions of a pack: vmap makes each one a grouped convolution (groups = G), which
-GPUs often run slowly (pytorch/pytorch#70954); "matmul" runs them as im2col + one bmm
-over the members. The trainer's default, "auto", times both on the pack's first passes
-and keeps the faster (trainables.pack.pick_conv); the "conv" column says which ran.
-cuDNN's per-shape algorithm search (cudnn.benchmark) is on for every CUDA trial.
-
 Every layout trains the App. D MNIST VAE (conv 32-32, FC 256, H = 128, batch 100,
 Adam 1e-3, specified sigma2) for a fixed number of steps after warm-up steps, and
-its rate is the images it trained per second of wall time (all trials together).
-A trial of the paper's MNIST grid is 200 epochs of 42,000 images, so trials per
-hour = rate * 3600 / 8.4e6, and the grid (34 configurations x 5 seeds = 170
-trials) takes 170 / (trials per hour) hours; evaluation, checkpoints and data
-loading are not in this figure. Needs only torch (no Ray, no Polars).
+its rate is the images it trained per second of wall time (all trials together),
+timed without the profiler. A trial of the paper's MNIST grid is 200 epochs of
+42,000 images, so trials per hour = rate * 3600 / 8.4e6; the grid (34 configurations
+x 5 seeds = 170 trials) takes the training hours plus its evaluations (one per epoch,
+eval.every = 1, of eval.max_points test points, timed on the pack of 64 in vmapped
+passes, `pack_eval.evaluate`; the indicators and writes run on the writer's thread
+and are not in it). Layouts measured slower before (bf16, torch.compile, the
+convolution variants) are left out of the 5-minute run; the pack's convolutions are
+"auto" (trainables.pack_conv.pick_conv) and the "conv" column says which ran.
 `--cpu-dry-run` runs every layout on the CPU with tiny step counts, to check the
-script itself. Results go to DIR (or $OUT) as gpu_bench.json, gpu_bench.txt and
-gpu_profile.txt.
+script itself (the captured layout is reported as CUDA-only there). Results go to
+DIR (or $OUT) as gpu_bench.json, gpu_bench.txt and gpu_profile.txt. Needs only
+torch (no Ray, no Polars).
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from trainables import data as datasets  # noqa: E402
 from trainables import pack as packing  # noqa: E402
+from trainables import pack_eval  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.train import build, pick_device, train_epoch  # noqa: E402
 
@@ -98,11 +99,12 @@ def time_pack(G: int, device: torch.device, steps: int, warmup: int, **kw) -> tu
     the convolution layout it ran). conv: auto (the trainer's default), grouped or matmul;
     cudnn_benchmark=False turns off cuDNN's per-shape algorithm search (on by default)."""
     conv = kw.pop("conv", "auto")
+    graphs = kw.pop("graphs", False)
     cudnn_benchmark = kw.pop("cudnn_benchmark", True)
     x, xw = images(device, steps), images(device, warmup)
     runs = [build(config(i, device.type, **kw), (1, 28, 28), device) for i in range(G)]
     torch.backends.cudnn.benchmark = cudnn_benchmark and device.type == "cuda"
-    pk = packing.stack(runs, conv=conv)
+    pk = packing.stack(runs, conv=conv, graphs=graphs)
     packing.train_epoch(pk, xw).tolist()
     _sync(device)
     t0 = time.perf_counter()
@@ -110,12 +112,15 @@ def time_pack(G: int, device: torch.device, steps: int, warmup: int, **kw) -> tu
     return G * steps * B / (time.perf_counter() - t0), pk.conv
 
 
-def profile_pack(G: int, device: torch.device, steps: int, warmup: int) -> str:
-    """Where a packed step's time goes: wall ms per step, the GPU's busy ms per step
-    (kernel time, summed as torch.profiler's table sums it), operators per step and the
-    kernels that take the most time. Busy near wall: the GPU is the bound (kernels to
-    speed up); busy far below wall: the host is (launches to cut)."""
-    from torch.autograd import DeviceType
+PHASES = ("data", "forward/backward", "adam", "noise update", "evaluation")
+
+
+def profile_pack(G: int, device: torch.device, steps: int, warmup: int) -> tuple[str, float]:
+    """Where a packed step's time goes, by named range (PHASES): the host's and the GPU's
+    ms per step in each (the profiler's overhead is in these, not in the layouts' wall
+    figures), operators per step, the top kernels; and one evaluation of every member,
+    timed without the profiler. GPU ms near host ms: kernels bound the phase; far
+    below: launches do."""
     from torch.profiler import ProfilerActivity, profile
 
     x, xw = images(device, steps), images(device, warmup)
@@ -123,42 +128,98 @@ def profile_pack(G: int, device: torch.device, steps: int, warmup: int) -> str:
     torch.backends.cudnn.benchmark = device.type == "cuda"
     pk = packing.stack(runs)
     packing.train_epoch(pk, xw).tolist()
+    points = 1000 if device.type == "cpu" else 10_000          # App. D: eval.max_points
+    test = datasets.Data(images(device, points // B), None, torch.arange(points, device=device))
+    eval_s = _time_eval(pk, test, device)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     _sync(device)
     with profile(activities=acts) as prof:
-        t0 = time.perf_counter()
-        packing.train_epoch(pk, x).tolist()
-        wall = (time.perf_counter() - t0) / steps * 1e3
-    ka = prof.key_averages()
-    busy = sum(e.self_device_time_total for e in ka if e.device_type == DeviceType.CUDA
-               and not e.is_user_annotation) / steps / 1e3
-    ops = sum(1 for e in prof.events() if e.cpu_parent is None
-              and e.device_type == DeviceType.CPU) / steps
+        _phased_steps(pk, x)
+        with torch.profiler.record_function("evaluation"):
+            pack_eval.evaluate(pk, test, list(range(G)))
+        _sync(device)
+    rows = _phase_rows(prof, steps)
+    ops = sum(1 for e in prof.events() if e.name not in PHASES and (
+        e.cpu_parent is None or e.cpu_parent.name in PHASES)) / steps   # under the ranges
+    head = [f"pack of {G} ({pk.conv} conv), {steps} steps under the profiler, {ops:.0f} "
+            f"top-level operators per step (evaluation included once)",
+            f"{'phase':<18}{'host ms/step':>14}{'GPU ms/step':>13}", *rows,
+            f"one evaluation of the {G} members on {points:,} test points, unprofiled: "
+            f"{eval_s * 1e3:.1f} ms"]
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    head = (f"pack of {G} ({pk.conv} conv; {pk.conv_ms or 'untimed'}), {steps} steps under the "
-            f"profiler: wall {wall:.2f} ms/step (profiler overhead included), GPU busy "
-            f"{busy:.2f} ms/step ({busy / wall:.0%}), {ops:.0f} operators/step")
-    return head + "\n" + ka.table(sort_by=sort, row_limit=15, max_name_column_width=60)
+    table = prof.key_averages().table(sort_by=sort, row_limit=12, max_name_column_width=60)
+    return "\n".join(head) + "\n" + table, eval_s
 
 
-def _worker(device: str, steps: int, warmup: int, barrier, q) -> None:
+def _phased_steps(pk, x: torch.Tensor) -> None:
+    """`packing.train_epoch`'s steps with a named range around each phase."""
+    from torch.profiler import record_function
+
+    B = pk.runs[0].cfg.train.batch_size
+    for i in range(0, x.shape[0], B):
+        with record_function("data"):
+            xb = x[i:i + B].expand(pk.G, *x[i:i + B].shape)        # [G, B, C, h, w]
+            eps = packing.noise(pk, xb.shape[1])                   # [G, B, H]
+        with record_function("forward/backward"):
+            pk.flat.grad = None
+            loss, xhat = pk.loss_fn(pk.views(pk.flat), pk.buffers, xb, eps, pk.beta)
+            loss.sum().backward()
+        with record_function("adam"):
+            packing.adam(pk)
+        with record_function("noise update"):
+            if pk.after_fn is not None:
+                with torch.no_grad():
+                    pk.after_fn(pk.buffers, xb, xhat.detach())
+
+
+def _phase_rows(prof, steps: int) -> list[str]:
+    by = {e.key: e for e in prof.key_averages() if e.key in PHASES}
+    rows = []
+    for ph in PHASES:
+        e = by.get(ph)
+        n = 1 if ph == "evaluation" else steps
+        host = e.cpu_time_total / 1e3 / n if e else 0.0
+        gpu = getattr(e, "device_time_total", 0.0) / 1e3 / n if e else 0.0
+        rows.append(f"{ph + (' (once)' if ph == 'evaluation' else ''):<18}{host:>14.2f}"
+                    f"{gpu:>13.2f}")
+    return rows
+
+
+def _time_eval(pk, test, device, reps: int = 3) -> float:
+    """Seconds for one vmapped evaluation of every member (median of reps, after one)."""
+    pack_eval.evaluate(pk, test, list(range(pk.G)))
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        pack_eval.evaluate(pk, test, list(range(pk.G)))
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _worker(device: str, G: int, steps: int, warmup: int, barrier, q) -> None:
     dev = pick_device(device)
     torch.set_num_threads(1)
     x, xw = images(dev, steps), images(dev, warmup)
-    run = build(config(os.getpid() % 8, dev.type), (1, 28, 28), dev)
-    train_epoch(run, xw)
+    runs = [build(config(os.getpid() % 8 + i, dev.type), (1, 28, 28), dev) for i in range(G)]
+    pk = packing.stack(runs) if G > 1 else None
+    epoch = (lambda x: train_epoch(runs[0], x)) if pk is None else \
+        (lambda x: packing.train_epoch(pk, x).tolist())
+    epoch(xw)
     _sync(dev)
     barrier.wait()
     t0 = time.time()
-    train_epoch(run, x)
+    epoch(x)
     q.put((t0, time.time()))
 
 
-def time_shared(n: int, device: torch.device, steps: int, warmup: int) -> float:
-    """n processes each training one trial on the same device at once (a 1/n share)."""
+def time_shared(n: int, device: torch.device, steps: int, warmup: int, G: int = 1) -> float:
+    """n processes on the same device at once (a 1/n share each), each training one trial
+    (G = 1) or one pack of G."""
     ctx = mp.get_context("spawn")
     barrier, q = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(device.type, steps, warmup, barrier, q))
+    procs = [ctx.Process(target=_worker, args=(device.type, G, steps, warmup, barrier, q))
              for _ in range(n)]
     for p in procs:
         p.start()
@@ -166,23 +227,17 @@ def time_shared(n: int, device: torch.device, steps: int, warmup: int) -> float:
     for p in procs:
         p.join()
     start, end = min(s for s, _ in spans), max(e for _, e in spans)
-    return n * steps * B / (end - start)
+    return n * G * steps * B / (end - start)
 
 
 def layouts(dry: bool) -> list[tuple[str, str, dict]]:
     """Most telling first: a layout the budget cannot reach is reported as not measured."""
-    packs = (4, 8) if dry else (16, 32, 64)
-    big = packs[-1]
-    out = [("1 trial alone", "alone", {"G": 1}),
-           ("4 trials x 0.25 share", "shared", {"n": 4})]
+    packs = (4, 8, 16) if dry else (32, 64, 128)
+    mid = packs[1]
+    out = [("4 trials x 0.25 share", "shared", {"n": 4, "G": 1})]
     out += [(f"pack of {g}", "pack", {"G": g}) for g in packs]
-    out += [(f"pack of {big}, grouped conv", "pack", {"G": big, "conv": "grouped"}),
-            (f"pack of {big}, matmul conv", "pack", {"G": big, "conv": "matmul"}),
-            (f"pack of {big}, grouped, no cudnn.bm", "pack",
-             {"G": big, "conv": "grouped", "cudnn_benchmark": False}),
-            (f"pack of {2 * big}", "pack", {"G": 2 * big}),
-            (f"pack of {big}, bf16", "pack", {"G": big, "precision": "bf16"}),
-            (f"pack of {big}, compile", "pack", {"G": big, "compile": True})]
+    out += [(f"pack of {mid}, captured (cuda_graphs)", "pack", {"G": mid, "graphs": True}),
+            (f"2 packs of {mid} x 0.5 share", "shared", {"n": 2, "G": mid})]
     return out
 
 
@@ -191,7 +246,9 @@ def measure(kind: str, device: torch.device, steps: int, warmup: int,
     if kind == "alone":
         return time_alone(args["G"], device, steps, warmup), "-"
     if kind == "shared":
-        return time_shared(args["n"], device, steps, warmup), "-"
+        return time_shared(args["n"], device, steps, warmup, args.get("G", 1)), "-"
+    if args.get("graphs") and device.type != "cuda":
+        raise SystemExit("not measured: a CUDA graph needs CUDA (dry run)")
     kw = {k: v for k, v in args.items() if k != "G"}
     return time_pack(args["G"], device, steps, warmup, **kw)
 
@@ -201,8 +258,8 @@ def one_layout(args: argparse.Namespace) -> None:
     device = pick_device("cpu" if args.cpu_dry_run else "cuda")
     kind, params = args.layout[0], json.loads(args.layout[1])
     if kind == "profile":
-        print(json.dumps({"profile": profile_pack(params["G"], device, args.steps // 4 or 1,
-                                                  args.warmup)}))
+        text, eval_s = profile_pack(params["G"], device, args.steps // 4 or 1, args.warmup)
+        print(json.dumps({"profile": text, "eval_s": eval_s, "G": params["G"]}))
         return
     got = [measure(kind, device, args.steps, args.warmup, params) for _ in range(args.reps)]
     print(json.dumps({"rate": statistics.median(r for r, _ in got), "conv": got[-1][1]}))
@@ -240,6 +297,24 @@ def main() -> None:
     report(args)
 
 
+def grid_estimate(results: list[dict], evaluation: tuple[float, int] | None) -> str:
+    """The paper's MNIST grid on one GPU in the best layout: its training hours plus one
+    evaluation per trial and epoch at the profiled pack's cost per member."""
+    rated = [r for r in results if r["images_per_s"]]
+    if not rated:
+        return "paper grid: not estimated (no layout measured)"
+    best = max(rated, key=lambda r: r["images_per_s"])
+    train_h = GRID_TRIALS * TRIAL_IMAGES / best["images_per_s"] / 3600
+    if evaluation is None:
+        return f"paper grid, best layout ({best['layout']}): {train_h:.2f} h training; " \
+               "evaluation not measured"
+    eval_s, G = evaluation
+    eval_h = GRID_TRIALS * 200 * eval_s / G / 3600          # 200 evaluations per trial
+    return (f"paper grid, best layout ({best['layout']}): {train_h:.2f} h training + "
+            f"{eval_h:.2f} h evaluation ({eval_s * 1e3:.0f} ms per pack of {G}) = "
+            f"{train_h + eval_h:.2f} h (goal: 0.5 h)")
+
+
 def report(args: argparse.Namespace) -> None:
     dev = "cpu (dry run)" if args.cpu_dry_run else torch.cuda.get_device_name(0)
     lines = [f"device: {dev}; torch {torch.__version__}; {args.steps} timed steps of batch {B} "
@@ -249,7 +324,7 @@ def report(args: argparse.Namespace) -> None:
     todo = layouts(args.cpu_dry_run)
     todo.insert(next(i for i, (_, k, p) in enumerate(todo) if p.get("G") == 2 * big),
                 (f"profile of a pack of {big}", "profile", {"G": big}))
-    profile = "not measured"
+    profile, evaluation = "not measured", None
     for name, kind, params in todo:
         left = deadline - time.time()
         if left < 15:
@@ -258,6 +333,7 @@ def report(args: argparse.Namespace) -> None:
             got, err = run_layout(args, kind, params, timeout=min(left, 150.0))
         if kind == "profile":
             profile = got["profile"] if got else f"{name}: {err}"
+            evaluation = got and (got["eval_s"], got["G"])
             print(f"  {name}: {'done' if got else err}", flush=True)
             continue
         rate = got and got["rate"]
@@ -279,7 +355,8 @@ def report(args: argparse.Namespace) -> None:
         lines.append(f"{r['layout']:<36}{r['conv']:>8}{rate:>10,.0f}{per_h:>10.2f}{ratio:>11}"
                      f"{GRID_TRIALS / per_h:>10.1f} h")
     lines.append("target: best pack >= 5x the 4 x 0.25 layout (goal 15x); paper grid = "
-                 "34 configs x 5 seeds x 200 epochs of 42,000 images, training steps only")
+                 "34 configs x 5 seeds x 200 epochs of 42,000 images; this column: training steps only")
+    lines.append(grid_estimate(results, evaluation))
     text = "\n".join(lines)
     print(text)
     print("\n" + profile)

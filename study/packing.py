@@ -6,7 +6,9 @@ checkpoint cadence) can train in one vectorised step. `partition` groups the
 grid by what members must share, in grid order, and cuts each group into packs
 of at most `size` members of near-equal sizes; `auto` is at most AUTO_MAX.
 Packs are named by the hash of their members' ids, so the same grid gives the
-same packs on every run and resume.
+same packs on every run and resume: a resumed study partitions the whole grid, its
+finished trials included, and runs each pack's unfinished members under the pack's
+first name (`pack_space(..., todo)`), never a new cut of what is left.
 """
 from __future__ import annotations
 
@@ -42,7 +44,13 @@ def describe(packs: list[list[Trial]]) -> str:
             f"{'-'.join(map(str, (sizes[0], sizes[-1]) if len(sizes) > 1 else sizes))}")
 
 
-def pack_space(packs: list[list[Trial]]) -> list[dict]:
-    """Tune's grid: one entry per pack, its members' ids and configs."""
-    return [{"id": pack_id([tid for tid, _ in p]),
-             "members": [{"id": tid, "config": c.to_dict()} for tid, c in p]} for p in packs]
+def pack_space(packs: list[list[Trial]], todo: set[str] | None = None) -> list[dict]:
+    """Tune's grid: one entry per pack with unfinished members (all with todo None), named
+    by all its members' ids, listing the ids and configs of those in `todo`."""
+    out = []
+    for p in packs:
+        members = [{"id": tid, "config": c.to_dict()} for tid, c in p
+                   if todo is None or tid in todo]
+        if members:
+            out.append({"id": pack_id([tid for tid, _ in p]), "members": members})
+    return out

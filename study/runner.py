@@ -157,7 +157,7 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         rows, todo = plan(store, trials) if scfg is None else (trial_states(store), {})
         if scfg is None:
             log(f"plan: {len(ids) - len(todo)} trials finished before, {len(todo)} to run")
-        space, packs = _grid_space(spec, todo, log)
+        space, packs = _grid_space(spec, todo, log, trials)
         if todo or scfg is not None:
             tuner.start_ray(address, log)
             spec = dataclasses.replace(spec, gpu=_gpu_share(spec, address))
@@ -307,7 +307,8 @@ def _write_meta(store: ResultStore, *args, **kw) -> None:
         raise UsageError(f"storage: cannot write to {store.uri()}: {_why(e)}") from None
 
 
-def _grid_space(spec: StudySpec, todo: dict[str, dict], log=print) -> tuple[dict, dict]:
+def _grid_space(spec: StudySpec, todo: dict[str, dict], log=print,
+                trials: list | None = None) -> tuple[dict, dict]:
     """Tune's grid: the ids of the trials to run, or their packs ({"id", "members"});
     when packed, also {"packs": {pack id: member ids}} for study.json and the tracker."""
     if not todo:                                  # nothing for Tune: ray.tune stays unimported
@@ -318,10 +319,10 @@ def _grid_space(spec: StudySpec, todo: dict[str, dict], log=print) -> tuple[dict
         return {"trial": tune.grid_search(list(todo))}, {}
     from study import packing
 
-    parts = packing.partition([(tid, TrialConfig.from_dict(c)) for tid, c in todo.items()],
-                              spec.pack)
-    log(f"packed: {packing.describe(parts)}")
-    entries = packing.pack_space(parts)
+    grid = trials or [(tid, TrialConfig.from_dict(c)) for tid, c in todo.items()]
+    parts = packing.partition(grid, spec.pack)                # the whole grid: stable packs
+    entries = packing.pack_space(parts, set(todo))
+    log(f"packed: {packing.describe(parts)}; {len(entries)} with trials to run")
     return ({"trial": tune.grid_search(entries)},
             {"packs": {e["id"]: [m["id"] for m in e["members"]] for e in entries}})
 

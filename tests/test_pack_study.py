@@ -67,3 +67,20 @@ def test_a_packed_study_stores_ordinary_trials(tmp_path):
             trials.sort("trial_id", "epoch"))
     finally:
         ray.shutdown()
+
+
+def test_a_resumed_study_keeps_its_packs_and_their_names():
+    """Half the grid finished: the packs left to run are the first run's packs (same
+    names), each with only its unfinished members; a pack with none is not run."""
+    from study.runner import _grid_space
+    from trainables.pack_run import pack_id
+
+    spec = parse({**BASE, "pack": 4, "noise": {"sigma2": [0.01, 0.1, 0.2, 0.3, 0.4]}})
+    trials = _trials(spec)                                  # 10 trials: packs of 3, 3, 4
+    first = {pack_id([t for t, _ in p]): [t for t, _ in p] for p in partition(trials, 4)}
+    finished = {tid for p in first.values() for tid in p[:2]} | set(list(first.values())[0])
+    todo = {tid: c.to_dict() for tid, c in trials if tid not in finished}
+    _, packs = _grid_space(spec, todo, lambda s: None, trials)
+    assert set(packs["packs"]) < set(first)                  # the first pack has nothing left
+    for pid, members in packs["packs"].items():
+        assert members == [t for t in first[pid] if t in todo]

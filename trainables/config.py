@@ -21,7 +21,8 @@ SIGMA2_UPDATES = ("closed_form", "gradient")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EVAL_METRICS = ("mig", "sap", "modularity")   # trainables.metrics.SEARCHABLE: cheap per evaluation
-RUNTIME_KEYS = {"train": ("threads", "fault_epoch_delay"),   # how a trial runs, not what it computes
+# how a trial runs, not what it computes (a captured step replays the same kernels)
+RUNTIME_KEYS = {"train": ("threads", "fault_epoch_delay", "cuda_graphs"),
                 "checkpoint": ("final",)}     # what a completed trial keeps: the same trial
 # The keys results format 1 hashed into a trial id (all of them, defaults included);
 # frozen, so that studies written then still map their spec to their recorded ids.
@@ -121,6 +122,7 @@ class TrainConfig:
     fault_oom_epoch: int | None = None  # fault injection: CUDA out of memory in this epoch
     fault_epoch_delay: float = 0.0    # fault injection: seconds of sleep after each epoch,
                                       # as a slow node would (tests kill a trial mid-run)
+    cuda_graphs: bool = False         # packs on CUDA: capture the step, replay it (same kernels)
 
     def check(self) -> None:
         _positive("train.epochs", self.epochs)

@@ -10,12 +10,14 @@ tensor of each weight without a copy), the noise parameters as [G, ...] stacks, 
 one step is `vmap` over members of `functional_call` on a template VAE on the meta
 device: the same `VAE.loss` (Eq. 11) and the same noise models' updates
 (App. A.1 closed form after the step, App. A.2 EM inside it), on each member's
-own residuals. Adam is written over the stacked tensors because members have
-their own learning rates and, once resumed at different epochs, their own step
-counts. A member that is not `active` (diverged, finished) is masked out of the
-loss and of every update. `sync(pack, g)` copies member g back into its `Run`
-(weights, noise, Adam state in torch.optim.Adam's format) for evaluation and
-checkpoints, so everything after a step is the unpacked trial's own code.
+own residuals. Adam is torch's fused kernel over the members' rows, one call per
+learning rate, with the settings `train.build` gave each member's optimizer
+(`train.adam_settings`) and each member's own step count (members resumed at
+different epochs). A member that leaves (completed, diverged, stopped) is dropped
+from every stacked tensor (`leave`): the step then costs what the others cost.
+`sync(pack, g)` copies member g back into its `Run` (weights, noise, Adam state in
+torch.optim.Adam's format) for checkpoints, so everything after a step is the
+unpacked trial's own code; `pack_eval` evaluates the members in vmapped passes.
 Under vmap a convolution with [G, ...] weights is one grouped convolution; a pack may
 run them instead as im2col + one bmm over members (`conv`), on a GPU whichever its
 first passes time faster (`pick_conv`).
@@ -23,22 +25,22 @@ first passes time faster (`pick_conv`).
 from __future__ import annotations
 
 import copy
-import math
-import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from trainables.data import as_float
+from trainables.pack_conv import CONVS, _matmul_convs, check_matmul, pick_conv  # noqa: F401
 from trainables.noise import NoiseModel
-from trainables.train import Run, autocast
+from trainables.train import Run, adam_settings, autocast
 from trainables.vae import VAE
 
-BETAS, EPS = (0.9, 0.999), 1e-8           # torch.optim.Adam's defaults, as `train.build` uses
+# Adam's settings a pack implements; the rest must be torch.optim.Adam's defaults
+ADAM_PLAIN = {"amsgrad": False, "maximize": False, "differentiable": False,
+              "decoupled_weight_decay": False}
+ADAM_SHARED = ("betas", "eps", "weight_decay")     # one value for the whole pack
 
 
 class _Method(nn.Module):
@@ -52,56 +54,12 @@ class _Method(nn.Module):
         return self.fn(self.vae, *args)
 
 
-class _MatmulConv2d(nn.Conv2d):
-    """Conv2d as im2col + one matmul per member: under vmap, one bmm over the members
-    instead of the grouped convolution (groups = G) that vmap makes of nn.Conv2d."""
-
-    def forward(self, x):
-        B, _, h, w = x.shape
-        (k, _), (s, _), (p, _) = self.kernel_size, self.stride, self.padding
-        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        cols = F.unfold(x, k, padding=p, stride=s)                      # [B, Cin k k, L]
-        cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)          # [Cin k k, B L]
-        out = self.weight.reshape(self.out_channels, -1) @ cols         # [Cout, B L]
-        out = out + self.bias.view(-1, 1)
-        return out.view(self.out_channels, B, ho, wo).transpose(0, 1)   # [B, Cout, ho, wo]
-
-
-class _MatmulConvTranspose2d(nn.ConvTranspose2d):
-    """ConvTranspose2d as one matmul per member + col2im (F.fold): the adjoint of the above."""
-
-    def forward(self, x):
-        B, C, h, w = x.shape
-        (k, _), (s, _), (p, _) = self.kernel_size, self.stride, self.padding
-        ho = (h - 1) * s - 2 * p + k + self.output_padding[0]
-        wo = (w - 1) * s - 2 * p + k + self.output_padding[1]
-        cols = self.weight.reshape(C, -1).t() @ x.transpose(0, 1).reshape(C, -1)  # [Cout k k, B L]
-        cols = cols.view(cols.shape[0], B, h * w).transpose(0, 1)                 # [B, Cout k k, L]
-        out = F.fold(cols, (ho, wo), k, padding=p, stride=s)
-        return out + self.bias.view(1, -1, 1, 1)
-
-
-CONVS = ("grouped", "matmul")
-MATMUL = {nn.Conv2d: _MatmulConv2d, nn.ConvTranspose2d: _MatmulConvTranspose2d}
-
-
-def _matmul_convs(module: nn.Module) -> nn.Module:
-    """Swap every (square, undilated, ungrouped) convolution of a meta-device template
-    for its matmul form; parameter names stay, so functional_call's state fits."""
-    for name, child in module.named_children():
-        cls = MATMUL.get(type(child))
-        if cls is None:
-            _matmul_convs(child)
-            continue
-        kw = dict(stride=child.stride, padding=child.padding, device="meta")
-        if isinstance(child, nn.ConvTranspose2d):
-            kw["output_padding"] = child.output_padding
-        setattr(module, name, cls(child.in_channels, child.out_channels, child.kernel_size, **kw))
-    return module
-
-
 def _loss(vae: VAE, x, eps, beta):
     return vae.loss(x, eps, beta)                       # Eq. 11 with this member's beta
+
+
+def _evlb(vae: VAE, x, eps):
+    return vae.evlb_terms(x, eps)                       # Eq. 13's terms, as `train.evaluate`
 
 
 def _after_step(vae: VAE, x, xhat):
@@ -111,23 +69,24 @@ def _after_step(vae: VAE, x, xhat):
 
 @dataclass
 class Pack:
-    runs: list[Run]
+    runs: list[Run]                      # the members still training, in row order
     flat: torch.Tensor                   # [G, P] every member's weights in one leaf with a grad
     layout: list[tuple[str, int, torch.Size]]  # (name, offset, shape) of each weight in flat
     buffers: dict[str, torch.Tensor]     # name -> [G, ...] noise parameters updated in place
     m: torch.Tensor                      # Adam's first moments [G, P]
     v: torch.Tensor                      # Adam's second moments [G, P]
-    steps: torch.Tensor                  # [G] Adam steps taken (float64)
-    lr: torch.Tensor                     # [G] (float64)
+    steps: torch.Tensor                  # [G] Adam steps taken (float32, as fused Adam's)
+    lr: list[float]                      # [G] each member's learning rate
     beta: torch.Tensor                   # [G] weight of the KL term
-    active: list[bool]
+    adam: dict                           # betas, eps, weight_decay: shared by the members
     loss_fn: object = None               # vmapped (possibly compiled) member loss
+    eval_fn: object = None               # vmapped Eq. 13 terms over members, shared test batch
     conv: str = "grouped"                # how the convolutions run: grouped or matmul
     conv_ms: dict = field(default_factory=dict)  # pick_conv's timings (ms per pass), if any
     after_fn: object = None              # vmapped noise update after the step, or None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    _active_t: torch.Tensor | None = None
-    _active_key: tuple | None = None
+    eps: torch.Tensor | None = None      # [G, B, H] the step's noise, drawn in place
+    graph: object = None                 # the captured step (pack_graph), when cuda_graphs
 
     @property
     def G(self) -> int:
@@ -146,18 +105,18 @@ class Pack:
         return self.views(self.flat.detach())
 
 
-def stack(runs: list[Run], conv: str = "auto") -> Pack:
+def stack(runs: list[Run], conv: str = "auto", graphs: bool = False) -> Pack:
     """Stack the members' state; each run keeps its own generator for batches and eps.
-    The weights live in one [G, P] tensor, so Adam is a dozen whole-pack operations
+    The weights live in one [G, P] tensor, so Adam is one fused call per learning rate
     whatever the number of weight tensors (on a GPU, kernel launches, not flops, bound
     a step of small models). conv: "grouped" (vmap's rule for a convolution with a
     batched weight: one convolution with groups = G), "matmul" (im2col + one bmm over
     members) or "auto": on a GPU the faster of the two for this pack, timed on a few
     forward and backward passes (`pick_conv`); on a CPU "grouped" (matmul is 0.4x there).
-    Both compute the same numbers (tests/test_pack.py, float64)."""
+    Both compute the same numbers (tests/test_pack.py, float64). graphs: capture the
+    step as a CUDA graph (`pack_graph`; train.cuda_graphs)."""
     if conv not in CONVS + ("auto",):
         raise ValueError(f"conv: {conv!r}; allowed: auto, {', '.join(CONVS)}")
-    G = len(runs)
     named = [list(r.vae.named_parameters()) for r in runs]
     layout, o = [], 0
     for n, p in named[0]:
@@ -166,19 +125,15 @@ def stack(runs: list[Run], conv: str = "auto") -> Pack:
     flat = torch.stack([torch.cat([p.detach().reshape(-1) for _, p in ps]) for ps in named])
     buffers = {n: torch.stack([dict(r.vae.named_buffers())[n].detach() for r in runs])
                for n, _ in runs[0].vae.named_buffers()}
-    steps = []
-    for r in runs:                               # Adam's state of a resumed member, else zeros
-        st = [r.opt.state.get(p, {}) for p in r.vae.parameters()]
-        steps.append(float(st[0]["step"]) if st and "step" in st[0] else 0.0)
     m, v = (torch.stack([torch.cat([_moment(r, i, key).reshape(-1) for i in range(len(layout))])
                          for r in runs]) for key in ("exp_avg", "exp_avg_sq"))
-    dev, dt = runs[0].device, flat.dtype
-    cfg = runs[0].cfg
+    dev, dt, cfg = runs[0].device, flat.dtype, runs[0].cfg
+    settings = _adam_settings(runs)
     pack = Pack(runs, flat.requires_grad_(), layout, buffers, m, v,
-                steps=torch.tensor(steps, dtype=torch.float64, device=dev),
-                lr=torch.tensor([r.cfg.train.lr for r in runs], dtype=torch.float64, device=dev),
+                steps=torch.tensor([_steps(r) for r in runs], dtype=torch.float32, device=dev),
+                lr=[s.pop("lr") for s in settings], adam=settings[0],
                 beta=torch.tensor([r.cfg.noise.beta for r in runs], dtype=dt, device=dev),
-                active=[True] * G, device=dev)
+                device=dev)
     with torch.device("meta"):
         template = VAE(runs[0].vae.shape, cfg)
     fns = {c: _loss_fn(template, c) for c in ((conv,) if conv in CONVS else CONVS)}
@@ -186,10 +141,36 @@ def stack(runs: list[Run], conv: str = "auto") -> Pack:
         conv, pack.conv_ms = ("grouped", {}) if dev.type == "cpu" else pick_conv(pack, fns)
     pack.conv = conv
     pack.loss_fn = torch.compile(fns[conv]) if cfg.train.compile else fns[conv]
+    pack.eval_fn = _eval_fn(template, conv)
     if _updates_after_step(template.noise):
         pack.after_fn = vmap(lambda b, x, xh: functional_call(_Method(template, _after_step),
                                                              _prefix({}, b), (x, xh)))
+    if graphs:
+        from trainables.pack_graph import CapturedStep
+        pack.graph = CapturedStep(pack, eager_step)
     return pack
+
+
+def _adam_settings(runs: list[Run]) -> list[dict]:
+    """Each member's Adam settings as `train.build` made them; refused where the pack's
+    Adam would compute something else (amsgrad, maximize...) or where members disagree
+    on a setting other than lr."""
+    settings = [adam_settings(r.opt) for r in runs]
+    for key, want in ADAM_PLAIN.items():
+        if settings[0].get(key, want) != want:
+            raise ValueError(f"a pack's Adam implements {key}={want}; build made "
+                             f"{key}={settings[0][key]}")
+    for key in ADAM_SHARED:
+        if len({s[key] for s in settings}) != 1:
+            raise ValueError(f"a pack's members must share Adam's {key}; got "
+                             f"{sorted({s[key] for s in settings})}")
+    return [{"lr": s["lr"], **{k: s[k] for k in ADAM_SHARED}} for s in settings]
+
+
+def _steps(run: Run) -> float:
+    """Adam's step count of a resumed member (0 for a fresh one)."""
+    st = [run.opt.state.get(p, {}) for p in run.vae.parameters()]
+    return float(st[0]["step"]) if st and "step" in st[0] else 0.0
 
 
 def _loss_fn(template: VAE, conv: str):
@@ -200,48 +181,12 @@ def _loss_fn(template: VAE, conv: str):
                                                          _prefix(p, b), (x, e, beta)))
 
 
-def pick_conv(pack: Pack, fns: dict, warmup: int = 3, reps: int = 5) -> tuple[str, dict]:
-    """The convolution layout whose forward and backward pass of this pack is faster:
-    (name, {name: median ms}). Timed on constant batches of the pack's shape, on copies of
-    its weights and noise parameters: the members' state and generators are untouched.
-    As cudnn.benchmark does for algorithms, a GPU run may pick differently from the next;
-    the layouts give the same numbers up to rounding."""
-    run = pack.runs[0]
-    B, H = run.cfg.train.batch_size, run.cfg.model.latent_dim
-    x = torch.full((pack.G, B, *run.vae.shape), 0.5, dtype=pack.flat.dtype, device=pack.device)
-    eps = torch.zeros(pack.G, B, H, dtype=pack.flat.dtype, device=pack.device)
-    flat = pack.flat.detach().clone().requires_grad_()
-    ms = {}
-    for name, fn in fns.items():
-        buffers = {k: b.clone() for k, b in pack.buffers.items()}     # EM updates them in place
-        times = []
-        try:
-            for i in range(warmup + reps):
-                _sync(pack.device)
-                t0 = time.perf_counter()
-                with autocast(run.cfg, pack.device):
-                    loss, _ = fn(pack.views(flat), buffers, x, eps, pack.beta)
-                loss.sum().backward()
-                _sync(pack.device)
-                flat.grad = None
-                if i >= warmup:
-                    times.append((time.perf_counter() - t0) * 1e3)
-        except torch.OutOfMemoryError:            # this layout does not fit: not a candidate
-            loss = flat.grad = None
-            times = [math.inf]
-            if pack.device.type == "cuda":
-                torch.cuda.empty_cache()
-        ms[name] = statistics.median(times)
-    best = min(ms, key=ms.get)
-    if math.isinf(ms[best]):
-        raise torch.OutOfMemoryError(f"CUDA out of memory: a pack of {pack.G} fits in neither "
-                                     f"convolution layout ({', '.join(ms)})")
-    return best, ms
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _eval_fn(template: VAE, conv: str):
+    """Eq. 13's terms of every member on one shared test batch (x not stacked)."""
+    if conv == "matmul":
+        template = _matmul_convs(copy.deepcopy(template))
+    return vmap(lambda p, b, x, e: functional_call(_Method(template, _evlb), _prefix(p, b),
+                                                   (x, e)), in_dims=(0, 0, None, 0))
 
 
 def _moment(run: Run, i: int, key: str) -> torch.Tensor:
@@ -263,78 +208,83 @@ def _updates_after_step(noise: NoiseModel) -> bool:
 def train_epoch(pack: Pack, x: torch.Tensor) -> torch.Tensor:
     """One pass over the shared training tensor, each member in its own order: [G] mean losses."""
     N, B = x.shape[0], pack.runs[0].cfg.train.batch_size
-    H = pack.runs[0].cfg.model.latent_dim
-    idle = torch.arange(N, device=pack.device)
-    perms = torch.stack([torch.randperm(N, generator=r.gen, device=pack.device) if a else idle
-                         for r, a in zip(pack.runs, pack.active)])                  # [G, N]
+    perms = torch.stack([torch.randperm(N, generator=r.gen, device=pack.device)
+                         for r in pack.runs])                                # [G, N]
     total = torch.zeros(pack.G, dtype=torch.float64, device=pack.device)
     for i in range(0, N, B):
         xb = as_float(x[perms[:, i:i + B]])                                 # [G, B, C, H, W]
         b = xb.shape[1]
-        eps = torch.stack([torch.randn(b, H, generator=r.gen, device=pack.device)
-                           if a else torch.zeros(b, H, device=pack.device)
-                           for r, a in zip(pack.runs, pack.active)])                # [G, B, H]
-        total += step(pack, xb, eps).double() * b
+        total += step(pack, xb, noise(pack, b)).double() * b
     return total / N
 
 
+def noise(pack: Pack, b: int) -> torch.Tensor:
+    """[G, b, H] each member's eps from its own generator, drawn into one buffer: one draw
+    per member, as the unpacked trial draws it (one draw for all would change its numbers)."""
+    B, H = pack.runs[0].cfg.train.batch_size, pack.runs[0].cfg.model.latent_dim
+    if pack.eps is None or pack.eps.shape[0] != pack.G:
+        pack.eps = torch.empty(pack.G, B, H, dtype=pack.flat.dtype, device=pack.device)
+    eps = pack.eps if b == B else pack.eps[:, :b]                            # [G, b, H]
+    for r, e in zip(pack.runs, eps.unbind(0)):
+        torch.randn(b, H, generator=r.gen, device=pack.device, dtype=eps.dtype, out=e)
+    return eps
+
+
 def step(pack: Pack, xb: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """One SGVB step of every active member: [G, B, ...] batches -> [G] losses."""
-    masked = not all(pack.active)
-    saved = {k: b.clone() for k, b in pack.buffers.items()} if masked else None
+    """One SGVB step of every member: [G, B, ...] batches -> [G] losses. A captured step
+    (train.cuda_graphs) replays on full batches; the last partial batch runs eagerly."""
+    if pack.graph is not None and pack.graph.fits(xb):
+        return pack.graph.replay(xb, eps)
+    return eager_step(pack, xb, eps)
+
+
+def eager_step(pack: Pack, xb: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     pack.flat.grad = None
     with autocast(pack.runs[0].cfg, pack.device):
         loss, xhat = pack.loss_fn(pack.views(pack.flat), pack.buffers, xb, eps, pack.beta)
-    objective = torch.where(_mask(pack, loss), loss, 0.0) if masked else loss
-    objective.sum().backward()                    # members are independent: grad g = d loss_g
+    loss.sum().backward()                         # members are independent: grad g = d loss_g
     adam(pack)
     if pack.after_fn is not None:
         with torch.no_grad():
             pack.after_fn(pack.buffers, xb, xhat.detach().to(xb.dtype))
-    if saved is not None:                          # EM inside the loss ran for every member
-        with torch.no_grad():
-            for k, b in pack.buffers.items():
-                b.copy_(torch.where(_mask(pack, b), b, saved[k]))
     return loss.detach()
-
-
-def _mask(pack: Pack, like: torch.Tensor) -> torch.Tensor:
-    """The active members as a bool tensor shaped to broadcast against `like` [G, ...]."""
-    return _active(pack).view(-1, *([1] * (like.dim() - 1)))
-
-
-def _active(pack: Pack) -> torch.Tensor:
-    """`pack.active` on the device [G], copied only when it changes (not every step)."""
-    key = tuple(pack.active)
-    if pack._active_key != key:
-        pack._active_t, pack._active_key = torch.tensor(key, device=pack.device), key
-    return pack._active_t
 
 
 @torch.no_grad()
 def adam(pack: Pack) -> None:
-    """torch.optim.Adam's update (no weight decay, no amsgrad) with per-member lr and step,
-    on the whole [G, P] state at once."""
-    b1, b2 = BETAS
-    act = _active(pack)
-    pack.steps += act.double()
-    s = pack.steps.clamp_min(1.0)
-    step_size = (pack.lr / (1 - b1 ** s)).to(pack.flat.dtype).view(-1, 1)          # [G, 1]
-    bc2_sqrt = (1 - b2 ** s).sqrt().to(pack.flat.dtype).view(-1, 1)                # [G, 1]
-    p, g = pack.flat, pack.flat.grad
-    if not all(pack.active):
-        keep = act.view(-1, 1)
-        g = torch.where(keep, g, 0.0)
-        m_new, v_new = pack.m.lerp(g, 1 - b1), pack.v.mul(b2).addcmul_(g, g, value=1 - b2)
-        p_new = p - m_new / (v_new.sqrt() / bc2_sqrt).add_(EPS) * step_size
-        pack.m.copy_(torch.where(keep, m_new, pack.m))
-        pack.v.copy_(torch.where(keep, v_new, pack.v))
-        p.copy_(torch.where(keep, p_new, p))
-        return
-    pack.m.lerp_(g, 1 - b1)
-    pack.v.mul_(b2).addcmul_(g, g, value=1 - b2)
-    denom = pack.v.sqrt().div_(bc2_sqrt).add_(EPS)                # one [G, P] temporary
-    p.sub_(torch.div(pack.m, denom, out=denom).mul_(step_size))   # p - lr_t * m / denom
+    """torch.optim.Adam's update with each member's lr and step count: torch's fused Adam
+    kernel (one pass over p, g, m, v) on the members' rows, one call per learning rate."""
+    a = pack.adam
+    pack.steps += 1                               # fused Adam reads the step after its increment
+    rows = [t.unbind(0) for t in (pack.flat.detach(), pack.flat.grad, pack.m, pack.v, pack.steps)]
+    for lr, idx in _lr_groups(pack.lr):
+        p, g, m, v, s = ([r[i] for i in idx] for r in rows)
+        torch._fused_adam_(p, g, m, v, [], s, lr=lr, beta1=a["betas"][0], beta2=a["betas"][1],
+                           weight_decay=a["weight_decay"], eps=a["eps"], amsgrad=False,
+                           maximize=False)
+
+
+def _lr_groups(lrs: list[float]) -> list[tuple[float, list[int]]]:
+    groups: dict[float, list[int]] = {}
+    for i, lr in enumerate(lrs):
+        groups.setdefault(lr, []).append(i)
+    return list(groups.items())
+
+
+def leave(pack: Pack, keep: list[int]) -> None:
+    """Only members `keep` (row indices) go on: every stacked tensor loses the other rows
+    (copies of the kept rows, bit for bit), so a step costs what the remaining members
+    cost; a captured step is dropped and captured again for the new shapes."""
+    idx = torch.tensor(keep, dtype=torch.long, device=pack.device)
+    pack.runs = [pack.runs[i] for i in keep]
+    pack.lr = [pack.lr[i] for i in keep]
+    pack.flat = pack.flat.detach().index_select(0, idx).requires_grad_()
+    pack.m, pack.v, pack.steps, pack.beta = (t.index_select(0, idx) for t in
+                                             (pack.m, pack.v, pack.steps, pack.beta))
+    pack.buffers = {k: b.index_select(0, idx) for k, b in pack.buffers.items()}
+    pack.eps = None
+    if pack.graph is not None:
+        pack.graph = pack.graph.recapture(pack)
 
 
 def finite(pack: Pack) -> list[bool]:
@@ -353,11 +303,11 @@ def sync(pack: Pack, g: int) -> Run:
     """Member g's weights, noise parameters and Adam state back into its own Run."""
     run = pack.runs[g]
     params, m, v = pack.params, pack.views(pack.m), pack.views(pack.v)
+    step = float(pack.steps[g])
     for n, p in run.vae.named_parameters():
         p.copy_(params[n][g])
-        if pack.steps[g] > 0:
-            run.opt.state[p] = {"step": torch.tensor(float(pack.steps[g])),
-                                "exp_avg": m[n][g].clone(),
+        if step > 0:
+            run.opt.state[p] = {"step": torch.tensor(step), "exp_avg": m[n][g].clone(),
                                 "exp_avg_sq": v[n][g].clone()}
     for n, b in run.vae.named_buffers():
         b.copy_(pack.buffers[n][g])

@@ -5,9 +5,15 @@ latest checkpoint (members may stop at different epochs), evaluated,
 checkpointed and finished through the same `trainables.train` functions and
 the same result store as an unpacked trial, so its rows, status, checkpoints
 and traversal are those of a trial run alone. Only the training epochs are
-shared (`trainables.pack`). A member that diverges is finished `diverged` and
-masked out; a member that reaches its last epoch is finished `completed` and
-masked out; the others go on. Finished members are not retrained.
+shared (`trainables.pack`), and the members' evaluations run together
+(`trainables.pack_eval`); the rest of an end of epoch (indicators, metrics, rows,
+checkpoints) runs on one background writer while the next epoch trains. A member
+that diverges is finished `diverged`, one that reaches its last epoch `completed`,
+and either leaves the pack (its rows dropped from the stacked tensors); the others
+go on. Finished members are not retrained; members resumed at different epochs
+each train only the epochs they lack. Reports to Tune follow the writer's flush,
+so what a report says is on storage (a pack's report lags its training by one
+epoch).
 """
 from __future__ import annotations
 
@@ -20,13 +26,15 @@ from typing import Callable
 
 import torch
 
-from trainables import pack as packing
-from trainables.config import TrialConfig
 from resultstore.store import ResultStore
 from resultstore.trial import TrialHandle
-from trainables.train import (FatalTrialError, Report, Run, _out_of_memory, end_epoch,
+from trainables import pack as packing
+from trainables import pack_eval
+from trainables.config import TrialConfig
+from trainables.train import (FatalTrialError, Report, Run, _out_of_memory,
                               finish_completed, finish_diverged, load_splits, mark_running,
                               setup_torch, start_run)
+from trainables.writer import Writer
 
 # members must agree on everything but these (and the fault-injection hook)
 MEMBER_KEYS = ("noise.beta", "noise.sigma2", "train.seed", "train.lr", "train.fault_nan_epoch",
@@ -83,66 +91,88 @@ def run_pack(cfgs: list[TrialConfig], store: ResultStore, report: Report | None 
 def _train(todo, store, report, log, node, name) -> dict[str, dict]:
     cfg0 = todo[0][0]
     trials = [store.trial(tid) for _, tid, _ in todo]
-    nodes = [mark_running(cfg, t, node, done, pack=name) for (cfg, _, done), t in zip(todo, trials)]
+    nodes = [mark_running(cfg, t, node, done, pack=name)
+             for (cfg, _, done), t in zip(todo, trials)]
     device = setup_torch(cfg0)
     train_x, test = load_splits(cfg0, device)
     shape = tuple(train_x.shape[1:])
     members = [Member(t, start_run(cfg, t, n, log, shape, device))
                for (cfg, _, _), t, n in zip(todo, trials, nodes)]
     log(f"[{name}] {len(members)} members: {', '.join(m.trial.id for m in members)}")
-    pk = packing.stack([m.run for m in members])
-    if pk.conv_ms:
-        log(f"[{name}] convolutions {pk.conv}: " + ", ".join(
-            f"{c} {ms:.2f} ms" for c, ms in pk.conv_ms.items()) + " per forward and backward pass")
-    for g, m in enumerate(members):                  # resumed at its last epoch already
-        if m.run.epoch >= m.run.cfg.train.epochs:
-            _complete(pk, g, m, test)
-    while any(pk.active):
-        losses = _epoch(pk, members, train_x)
-        ok = packing.finite(pk)
-        evaluated = False
-        for g, m in enumerate(members):
-            if pk.active[g]:
-                ok[g] = ok[g] and math.isfinite(losses[g])
-                evaluated |= _end_member_epoch(pk, g, m, losses[g], ok[g], test, log)
-        if evaluated and report and any(pk.active):
-            report(summary({m.trial.id: m.last for m in members},
-                           {m.trial.id: m.last for m in members if m.state != "running"}))
+    with Writer() as writer:                          # one writer for every member's writes
+        for m in members:
+            m.run.writer = writer
+        for m in members:                            # resumed at its last epoch already
+            if m.run.epoch >= m.run.cfg.train.epochs:
+                _complete(m, test)
+        live = [m for m in members if m.state == "running"]
+        if live:
+            _train_live(live, members, train_x, test, report, log, name)
     return {m.trial.id: m.last for m in members}
 
 
-def _epoch(pk: packing.Pack, members: list[Member], train_x) -> list[float]:
+def _train_live(live, members, train_x, test, report, log, name) -> None:
+    pk = packing.stack([m.run for m in live], graphs=live[0].run.cfg.train.cuda_graphs)
+    if pk.conv_ms:
+        log(f"[{name}] convolutions {pk.conv}: " + ", ".join(
+            f"{c} {ms:.2f} ms" for c, ms in pk.conv_ms.items()) + " per forward and backward pass")
+    reported = True
+    while live:
+        losses = _epoch(pk, live, train_x)
+        live[0].run.writer.flush()                  # last epoch's jobs done: runs may change
+        if not reported and report:
+            report(summary({m.trial.id: m.last for m in members},
+                           {m.trial.id: m.last for m in members if m.state != "running"}))
+        live, reported = _end_epoch(pk, live, losses, test, log)
+
+
+def _epoch(pk: packing.Pack, live: list[Member], train_x) -> list[float]:
     t0 = time.perf_counter()
-    for g, m in enumerate(members):
-        if pk.active[g] and m.run.cfg.train.fault_oom_epoch == m.run.epoch + 1:
+    for g, m in enumerate(live):
+        if m.run.cfg.train.fault_oom_epoch == m.run.epoch + 1:
             raise torch.OutOfMemoryError("CUDA out of memory (injected by train.fault_oom_epoch)")
-        if pk.active[g] and m.run.cfg.train.fault_nan_epoch == m.run.epoch + 1:
+        if m.run.cfg.train.fault_nan_epoch == m.run.epoch + 1:
             packing.poison(pk, g)                    # a real NaN through the real step
     losses = packing.train_epoch(pk, train_x).tolist()
-    dt = time.perf_counter() - t0
-    for g, m in enumerate(members):
-        if pk.active[g]:
-            m.run.epoch += 1
-            m.run.wall += dt
+    share = (time.perf_counter() - t0) / len(live)   # each member its share of the epoch
+    for m in live:
+        m.run.epoch += 1
+        m.run.wall += share
+    delay = max(m.run.cfg.train.fault_epoch_delay for m in live)
+    if delay:                                        # outside the recorded training time
+        time.sleep(delay)
     return losses
 
 
-def _end_member_epoch(pk, g, m: Member, loss, ok, test, log) -> bool:
-    """The unpacked trial's end of epoch for member g; True when it was evaluated."""
-    run = packing.sync(pk, g)
-    if not ok:
-        m.last = finish_diverged(run, m.trial, loss, m.last, log)
-        pk.active[g], m.state = False, "diverged"
-        return False
-    m.last, evaluated = end_epoch(run, m.trial, loss, test, m.last)
-    if run.epoch >= run.cfg.train.epochs:
-        _complete(pk, g, m, test)
-    return evaluated
+def _end_epoch(pk, live: list[Member], losses, test, log) -> tuple[list[Member], bool]:
+    """Every member's end of epoch; members that finish leave the pack. Returns (the
+    members that go on, whether none was evaluated, i.e. nothing new to report)."""
+    ok = [f and math.isfinite(x) for f, x in zip(packing.finite(pk), losses)]
+    for g in (g for g, m in enumerate(live) if not ok[g]):
+        m = live[g]
+        m.last = finish_diverged(m.run, m.trial, losses[g], m.last, log)
+        m.state = "diverged"
+    cfg = live[0].run.cfg
+    due = [g for g, m in enumerate(live) if ok[g] and (m.run.epoch % cfg.eval.every == 0
+                                                        or m.run.epoch == cfg.train.epochs)]
+    evs = dict(zip(due, pack_eval.evaluate(pk, test, due))) if due else {}
+    for g in (g for g in range(len(live)) if ok[g]):
+        packing.sync(pk, g)
+        pack_eval.submit(live[g], losses[g], test, evs.get(g))
+    done = [m for g, m in enumerate(live) if ok[g] and m.run.epoch >= cfg.train.epochs]
+    if done:
+        live[0].run.writer.flush()
+    for m in done:
+        _complete(m, test)
+    keep = [g for g, m in enumerate(live) if m.state == "running"]
+    if len(keep) < len(live) and keep:
+        packing.leave(pk, keep)
+    return [live[g] for g in keep], not due
 
 
-def _complete(pk, g, m: Member, test) -> None:
-    m.last = finish_completed(packing.sync(pk, g), m.trial, test, m.last, None)
-    pk.active[g], m.state = False, "completed"
+def _complete(m: Member, test) -> None:
+    m.last = finish_completed(m.run, m.trial, test, m.last, None)
+    m.state = "completed"
 
 
 def summary(lasts: dict[str, dict], finished: dict[str, dict]) -> dict:

@@ -109,7 +109,7 @@ def evaluate(run: Run, test: datasets.Data, chunk: int = 500) -> dict:
     ev, vae = run.cfg.eval, run.vae
     vae.eval()
     n = min(ev.max_points, len(test))
-    g = torch.Generator(device=run.device).manual_seed(run.cfg.train.seed * 100_003 + run.epoch)
+    g = eval_generator(run)
     mus, logvars, evlb, mse = [], [], 0.0, 0.0
     for i in range(0, n, chunk):
         xb = datasets.as_float(test.x[i:min(i + chunk, n)])
@@ -121,9 +121,30 @@ def evaluate(run: Run, test: datasets.Data, chunk: int = 500) -> dict:
         mus.append(mu)
         logvars.append(logvar)
     mu, logvar = torch.cat(mus), torch.cat(logvars)                     # [M, H]
-    ind = indicators.compute(mu, logvar, ev.used_threshold, ev.normal_var_tol, generator=g)
-    return {"evlb": evlb / n, "recon_mse": mse / n, "indicators": ind, "mu": mu, "logvar": logvar,
-            "eval_points": n}
+    return with_indicators(run, {"evlb": evlb / n, "recon_mse": mse / n, "mu": mu,
+                                 "logvar": logvar, "eval_points": n}, g)
+
+
+def eval_generator(run: Run) -> torch.Generator:
+    """An evaluation's own generator (its eps, then the indicators' MC estimates), seeded by
+    (seed, epoch): a packed member's evaluation draws the same numbers."""
+    return torch.Generator(device=run.device).manual_seed(run.cfg.train.seed * 100_003 + run.epoch)
+
+
+def with_indicators(run: Run, ev: dict, g: torch.Generator) -> dict:
+    """ev's encoder outputs -> ev with the indicators, drawn with the evaluation's g."""
+    c = run.cfg.eval
+    ind = indicators.compute(ev["mu"], ev["logvar"], c.used_threshold, c.normal_var_tol,
+                             generator=g)
+    return {**ev, "indicators": ind}
+
+
+def adam_settings(opt: torch.optim.Optimizer) -> dict:
+    """Adam's settings as `build` made them (a pack's own Adam reads them here, so a
+    setting added to `build` cannot be ignored by packed members)."""
+    if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1:
+        raise ValueError(f"a pack trains with torch.optim.Adam in one group; got {opt!r}")
+    return {k: v for k, v in opt.param_groups[0].items() if k != "params"}
 
 
 def result_rows(run: Run, study: str, trial_id: str, ev: dict, train_loss: float,
@@ -359,16 +380,21 @@ def finish_completed(run, trial, test, last, report) -> dict:
 
 
 def _evaluate_and_buffer(run, study, trial_id, loss, test) -> dict:
-    ev = evaluate(run, test)
-    ev["scores"] = disentanglement_scores(run, ev, test)
-    rows = result_rows(run, study, trial_id, ev, loss, test)
+    rows, last = evaluation_rows(run, study, trial_id, evaluate(run, test), loss, test)
+    for table, new in rows.items():
+        run.rows[table] += new
+    return last
+
+
+def evaluation_rows(run, study, trial_id, ev, loss, test) -> tuple[dict[str, list[dict]], dict]:
+    """One evaluation (with its indicators) -> (its rows, the last metrics); sets last_mi."""
+    ev = {**ev, "scores": disentanglement_scores(run, ev, test)}
+    rows = {**result_rows(run, study, trial_id, ev, loss, test), "codes": []}
     run.last_mi = ev["indicators"].factors["mi"]
-    run.rows["trials"] += rows["trials"]
-    run.rows["factors"] += rows["factors"]
     if run.epoch == run.cfg.train.epochs:                    # codes: the last evaluation only
-        run.rows["codes"] += code_rows(run, study, trial_id, ev, test)
+        rows["codes"] = code_rows(run, study, trial_id, ev, test)
     row = rows["trials"][0]
-    return {k: row[k] for k in METRICS if row[k] is not None}
+    return rows, {k: row[k] for k in METRICS if row[k] is not None}
 
 
 def disentanglement_scores(run: Run, ev: dict, test: datasets.Data) -> dict:
