@@ -20,7 +20,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from study import guards, tuner
+from study import guards, reuse, tuner
 from study.inputs import UsageError
 from resultstore.lease import Lease, LeaseHeld
 from study.provenance import now_iso
@@ -135,23 +135,31 @@ def write_meta(store: ResultStore, spec: StudySpec, trials: list[dict] | None, *
 
 
 def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = False,
-        log=print) -> Outcome:
+        log=print, grow=None) -> Outcome:
+    """grow: a `study.extend.Extension`, whose plan replaces `prepare`'s."""
     guards.check_cluster_storage(spec, root, address)
-    store, trials, scfg = prepare(spec, root, resume)
+    store, trials, scfg = grow.prepared if grow else prepare(spec, root, resume)
+    if spec.reuse:
+        reuse.check(spec, store)
     log(f"study {spec.name}: {spec.size_line()}")
     log(f"results: {store.uri()}")
     t0 = time.time()
     ids = [tid for tid, _ in trials]
     with hold(store, log) as lease:
         rows, todo = plan(store, trials) if scfg is None else (store.trial_states()[0], {})
+        found = reuse.find(store, spec.reuse, todo) if spec.reuse else {}
         if scfg is None:
-            log(f"plan: {len(ids) - len(todo)} trials finished before, {len(todo)} to run")
-        space, packs = _grid_space(spec, todo, log)
+            log(f"plan: {len(ids) - len(todo)} trials finished before, "
+                + (f"{len(found)} to copy from other studies, " if found else "")
+                + f"{len(todo) - len(found)} to run")
+        copied = reuse.copy_in(store, found, rows, todo, log)
+        space, packs = _grid_space(spec, todo, log, apart=grow.added if grow else set())
         if todo or scfg is not None:
             tuner.start_ray(address, log)
             spec = dataclasses.replace(spec, gpu=_gpu_share(spec, address))
         _write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
-                    driver_host=socket.gethostname(), **packs)
+                    driver_host=socket.gethostname(),
+                    **(grow.study_json(packs) if grow else packs))
         tracker = StatusTracker(store, rows, todo, {"started": t0, "cpu": spec.cpu,
                                                     "gpu": spec.gpu or 0.0},
                                 packs=packs.get("packs"))
@@ -175,7 +183,7 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         tracker.write(final=True)
         write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],
                    finished=now_iso())
-        if todo or scfg is not None:             # a finished study's resume writes no row
+        if todo or copied or scfg is not None:   # a finished study's resume writes no row
             compact_finished(store, log)
     return Outcome(store, count_states(tracker.rows, ids), time.time() - t0)
 
@@ -245,9 +253,11 @@ def _write_meta(store: ResultStore, *args, **kw) -> None:
         raise UsageError(f"storage: cannot write to {store.uri()}: {_why(e)}") from None
 
 
-def _grid_space(spec: StudySpec, todo: dict[str, dict], log=print) -> tuple[dict, dict]:
+def _grid_space(spec: StudySpec, todo: dict[str, dict], log=print,
+                apart: set[str] = frozenset()) -> tuple[dict, dict]:
     """Tune's grid: the ids of the trials to run, or their packs ({"id", "members"});
-    when packed, also {"packs": {pack id: member ids}} for study.json and the tracker."""
+    when packed, also {"packs": {pack id: member ids}} for study.json and the tracker.
+    `apart`: trials an extension added, packed among themselves, not with the old ones."""
     if not todo:                                  # nothing for Tune: ray.tune stays unimported
         return {}, {}
     from ray import tune
@@ -256,8 +266,10 @@ def _grid_space(spec: StudySpec, todo: dict[str, dict], log=print) -> tuple[dict
         return {"trial": tune.grid_search(list(todo))}, {}
     from study import packing
 
-    parts = packing.partition([(tid, TrialConfig.from_dict(c)) for tid, c in todo.items()],
-                              spec.pack)
+    trials = [(tid, TrialConfig.from_dict(c)) for tid, c in todo.items()]
+    parts = [p for group in ([t for t in trials if t[0] not in apart],
+                             [t for t in trials if t[0] in apart]) if group
+             for p in packing.partition(group, spec.pack)]
     log(f"packed: {packing.describe(parts)}")
     entries = packing.pack_space(parts)
     return ({"trial": tune.grid_search(entries)},
