@@ -100,6 +100,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
     from study import extend
 
     grow = extend.prepare(args.study, args.spec, parse_sets(args.set), args.reuse)
+    print(grow.describe(), flush=True)
     return _run(grow.spec, grow.root, args.address, resume=True, report=not args.no_report,
                 grow=grow)
 

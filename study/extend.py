@@ -26,11 +26,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from resultstore import reuse as copying
+from resultstore.format import recorded_trials
 from resultstore.store import ResultStore, code_version
 from resultstore.uri import StoreError
 from study import reuse, runner
 from study.inputs import UsageError, check_name, load_yaml, merge
 from study.provenance import command, now_iso
+from study.search import parse_search
 from study.spec import StudySpec, _flatten, parse, trial_configs
 from study.status import split_study_path
 from trainables.config import RUNTIME_KEYS, TrialConfig, nest
@@ -48,6 +50,15 @@ class Extension:
     record: dict                          # this extension, as study.json lists it
     added: set[str] = field(default_factory=set)
     meta: dict = field(default_factory=dict)     # study.json before
+
+    def describe(self) -> str:
+        """The line `vaestudy extend` prints first: what is kept, by which code, what is new."""
+        r = self.record
+        kept = ", ".join(f"{n} x {v}" for v, n in r["kept_code_versions"].items()) or "none"
+        mixed = set(r["kept_code_versions"]) - {r["code_version"]}
+        return (f"extend: {r['trials_before']} trials kept (rows computed by {kept}), "
+                f"{r['trials_added']} added; this code is {r['code_version']}"
+                + ("; the report flags the mixed versions" if mixed else ""))
 
     def study_json(self, packs: dict) -> dict:
         """study.json's keys this run sets: the extensions so far, no `finished` until it
@@ -76,19 +87,22 @@ def prepare(study: str, spec_file: str | None, sets: dict, others: list[str] | N
         raise UsageError("search: an extension keeps the study's kind (a grid stays a grid, a "
                          "search a search); for the other, start a new study")
     if new.search is not None:
-        trials, added, scfg = [], [], _search(old, new)
+        scfg = _search(old, new)
+        trials, added, n_added = [], [], scfg.num_samples - parse_search(old).num_samples
+        kept_ids = [t["id"] for t in recorded_trials(meta)]
     else:
         trials, added = grid_trials(meta, old, new)
         runner.check_data([c for _, c in added])
-        scfg = None
+        scfg, n_added = None, len(added)
+        kept_ids = [tid for tid, _ in trials[:len(trials) - len(added)]]
     try:
         store.check_writable()
-        kept = copying.versions(store, [tid for tid, _ in trials if tid not in dict(added)])
+        kept = copying.versions(store, kept_ids)       # reading them checks their format
     except StoreError as e:
         raise UsageError(str(e)) from None
     record = {"at": now_iso(), "command": command(), "code_version": code_version(),
               "spec_before": meta["spec"], "spec_after": new.raw,
-              "trials_before": len(trials) - len(added), "trials_added": len(added),
+              "trials_before": len(kept_ids), "trials_added": n_added,
               "kept_code_versions": dict(Counter(kept.values()))}
     return Extension(new, root, (store, trials, scfg), record, {t for t, _ in added}, meta)
 
@@ -145,7 +159,6 @@ def altered(old: list[TrialConfig], new: list[TrialConfig], n: int) -> str:
 def _search(old: StudySpec, new: StudySpec):
     """A search continues its Optuna study: only `num_samples` may grow."""
     from study import optuna_storage
-    from study.search import parse_search
 
     a, b = _study_flat(old.raw), _study_flat(new.raw)
     for key in sorted(set(a) | set(b)):
