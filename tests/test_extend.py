@@ -1,0 +1,147 @@
+"""A study that grows: `vaestudy extend` trains only the new trials, refuses a change that
+would alter an existing one, and `reuse:` copies finished trials of another study in,
+each row readable exactly once. Real Ray, real training, tiny configs."""
+import json
+import shutil
+
+import polars as pl
+import pytest
+import yaml
+
+from resultstore import compact as compaction
+from resultstore.check import check
+from resultstore.store import ResultStore
+from study.cli import main
+from study.status import status_text
+
+pytestmark = pytest.mark.slow
+
+SPEC = {"name": "tiny", "seeds": [0], "dataset": {"name": "intrinsic", "n": 200, "factors": 2},
+        "model": {"latent_dim": 3}, "noise": {"sigma2": [0.01, 0.1]},
+        "train": {"epochs": 2, "threads": 1, "device": "cpu"}, "eval": {"traversals": False},
+        "checkpoint": {"every": 1}, "resources": {"cpu": 1}, "max_concurrent": 2}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished two-trial study, run as a user would; Ray is down again afterwards."""
+    import ray
+    tmp = tmp_path_factory.mktemp("finished")
+    spec = tmp / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    assert main(["run", str(spec), "--out", str(tmp / "res"), "--no-report"]) == 0
+    ray.shutdown()
+    yield tmp / "res"
+    ray.shutdown()
+
+
+def _copy(finished, tmp_path):
+    shutil.copytree(finished, tmp_path / "res")
+    return tmp_path / "res"
+
+
+def _files(root) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*")}
+
+
+def _status_bytes(root, study) -> dict:
+    return {p.stem: p.read_bytes() for p in (root / study / "status").glob("*.json")}
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--set", "train.epochs=3"], "train.epochs: 2 is gone"),
+    (["--set", "dataset.n=300"], "dataset.n: 200 is gone"),
+    (["--set", "dataset.name=mnist"], "dataset.name"),
+    (["--set", "seeds=[1, 2]"], "seeds: 0 is gone"),
+    (["--set", "noise.sigma2=[0.01, 0.03]"], "noise.sigma2: 0.1 is gone"),
+    (["--set", "model.latent_dim=[4]"], "model.latent_dim: 3 is gone"),
+    ([], "adds no trial"),
+    (["--set", "seeds=[0, 1]", "--reuse", "tiny"], "reuse: 'tiny' is this study"),
+    (["--set", "seeds=[0, 1]", "--reuse", "nosuch"], "reuse: no study 'nosuch'"),
+    (["--set", "seeds=[0, 1]", "--set", "name=other"], "name: the spec names study 'other'"),
+    (["--set", "seeds=[0, 1]", "--set", "pack=0"], "pack: got 0"),
+    (["--set", "seeds=[0, 0]"], "seeds: got [0, 0]"),
+])
+def test_a_change_that_alters_the_study_is_refused_naming_the_key(capsys, finished, argv,
+                                                                  needle):
+    import ray
+    before = _files(finished)
+    assert main(["extend", str(finished / "tiny"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("vaestudy: error: ") and needle in err, err
+    assert _files(finished) == before, "something was written"
+    assert not ray.is_initialized()
+
+
+def test_extending_a_study_that_does_not_exist_is_refused(capsys, tmp_path):
+    assert main(["extend", str(tmp_path / "nope")]) == 2
+    assert "no study.json" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_extend_trains_only_the_new_trials(finished, tmp_path, capsys):
+    from analysis import load
+    root = _copy(finished, tmp_path)
+    kept = _status_bytes(root, "tiny")
+    old = json.loads((root / "tiny" / "study.json").read_text())
+    assert main(["extend", str(root / "tiny"), "--set", "seeds=[0, 1]", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: 2 trials finished before, 2 to run" in out
+    assert "extend: 2 trials kept" in out
+    now = _status_bytes(root, "tiny")
+    assert all(now[t] == kept[t] for t in kept), "a kept trial was touched"
+    new = {t: json.loads(b) for t, b in now.items() if t not in kept}
+    assert len(new) == 2 and all(s["state"] == "completed" and s["attempts"] == 1
+                                 for s in new.values())
+    meta = json.loads((root / "tiny" / "study.json").read_text())
+    assert [t["id"] for t in meta["trials"][:2]] == [t["id"] for t in old["trials"]]
+    assert len(meta["trials"]) == 4 and meta["finished"]
+    (ext,) = meta["extensions"]
+    assert ext["spec_before"]["seeds"] == [0] and ext["spec_after"]["seeds"] == [0, 1]
+    assert ext["trials_before"] == 2 and ext["trials_added"] == 2 and "extend" in ext["command"]
+    assert sum(ext["kept_code_versions"].values()) == 2 and ext["code_version"]
+    rows = load.trials(str(root), "tiny", last=False).collect()
+    assert rows.height == 4 * 2 and rows.n_unique(["trial_id", "epoch"]) == rows.height
+    assert sorted(rows["seed"].unique()) == [0, 1]
+    text = status_text(ResultStore(str(root), "tiny"))
+    assert "= 4 trials" in text and "completed: 4" in text and "extended 1 time" in text
+
+
+def test_reuse_copies_each_finished_trial_in_exactly_once(finished, tmp_path, capsys):
+    from analysis import load
+    root = _copy(finished, tmp_path)
+    spec = tmp_path / "other.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "name": "other",
+                                    "noise": {"sigma2": [0.01, 0.1, 0.03]}}))
+    assert main(["run", str(spec), "--out", str(root), "--reuse", "tiny", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: 0 trials finished before, 2 to copy from other studies, 1 to run" in out
+    src, dst = ResultStore(str(root), "tiny"), ResultStore(str(root), "other")
+    states = {s["trial_id"]: s for s in dst.all_status()}
+    copied = sorted(t for t, s in states.items() if s.get("reused_from") == "tiny")
+    origin = {s["trial_id"]: s for s in src.all_status()}
+    assert copied == sorted(origin) and len(states) == 3
+    assert all(states[t]["attempts"] == origin[t]["attempts"] for t in copied), "retrained"
+    for t in copied:                                       # the final weights, as they were
+        assert (root / "other" / "checkpoints" / t / "final.pt").read_bytes() == \
+            (root / "tiny" / "checkpoints" / t / "final.pt").read_bytes()
+    _each_row_once(load, root, copied, src, dst)
+    assert main(["resume", str(root / "other"), "--no-report"]) == 0   # nothing copied twice
+    assert "reuse: copied" not in capsys.readouterr().out
+    _each_row_once(load, root, copied, src, dst)
+
+
+def _each_row_once(load, root, copied, src, dst):
+    load.store.cache_clear()
+    for table in ("trials", "factors", "codes"):
+        got = load.scan(str(root), "other", table).collect()
+        key = load.KEYS[table]
+        assert got.n_unique(key) == got.height and set(got["study"]) == {"other"}
+        mine = got.filter(pl.col("trial_id").is_in(copied)).drop("study").sort(key)
+        theirs = load.scan(str(root), "tiny", table).collect().drop("study").sort(key)
+        assert mine.equals(theirs), table                  # the same rows, each once
+        compacts, parts = compaction.listing(dst, table)   # compaction took the copies in
+        assert compacts and not parts
+        assert set(copied) <= compaction.covered(dst, compacts[-1][1])
+    assert check(dst, log=lambda line: None) == {}
