@@ -99,7 +99,7 @@ def test_extend_trains_only_the_new_trials(finished, tmp_path, capsys):
     assert len(meta["trials"]) == 4 and meta["finished"]
     (ext,) = meta["extensions"]
     assert ext["spec_before"]["seeds"] == [0] and ext["spec_after"]["seeds"] == [0, 1]
-    assert ext["trials_before"] == 2 and ext["trials_added"] == 2 and "extend" in ext["command"]
+    assert ext["trials_before"] == 2 and ext["trials_added"] == 2 and ext["command"] and ext["at"]
     assert sum(ext["kept_code_versions"].values()) == 2 and ext["code_version"]
     rows = load.trials(str(root), "tiny", last=False).collect()
     assert rows.height == 4 * 2 and rows.n_unique(["trial_id", "epoch"]) == rows.height
