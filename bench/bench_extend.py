@@ -8,7 +8,8 @@ result store by bench/synthetic.py (no training: its rows say code version
 `synthetic`) and compacted, as a finished driver leaves it. Then
 `vaestudy extend ROOT/STUDY --set seeds=[...]` doubles the seeds, as a user would
 type it, in a fresh process: the figure is the wall time from the command's start
-(Python's start-up and imports included) to its `plan:` line. Trainings are
+(Python's start-up and imports included) to its `plan:` line, beside the same for
+`vaestudy resume` of the finished study (the floor: imports, storage client, lease). Trainings are
 counted from storage: a trial trained by the extension is one whose status file
 appeared or changed; the N kept ones must be unchanged, byte for byte.
 `--smoke-test`: 4 trials extended by 4, one epoch (a CI check of the same path).
@@ -47,10 +48,9 @@ def statuses(store) -> dict[str, bytes]:
     return {n[:-5]: store.read_bytes(store.path("status", n)) for n in names}
 
 
-def extend(study: str, seeds: list[int], log: Path) -> tuple[float | None, float, int]:
-    """(seconds to the plan: line, seconds in all, exit code) of `vaestudy extend`."""
-    cmd = [sys.executable, "-m", "study.cli", "extend", study, "--set",
-           f"seeds={seeds}", "--no-report"]
+def timed(args: list[str], log: Path) -> tuple[float | None, float, int]:
+    """(seconds to the plan: line, seconds in all, exit code) of `vaestudy ARGS`."""
+    cmd = [sys.executable, "-m", "study.cli", *args]
     t0 = time.perf_counter()
     plan_s = None
     with open(log, "w") as out:
@@ -105,7 +105,11 @@ def run(a, port: int, tmp: Path) -> str:
     before = statuses(store)
     seeds = list(range(2 * len(raw["seeds"])))
     study = root.replace("/res?", f"/res/{raw['name']}?")
-    plan_s, total, rc = extend(study, seeds, tmp / "extend.log")
+    base_s, _, rc = timed(["resume", study, "--no-report"], tmp / "resume.log")
+    assert rc == 0, (tmp / "resume.log").read_text()[-3000:]
+    before = statuses(store)
+    plan_s, total, rc = timed(["extend", study, "--set", f"seeds={seeds}", "--no-report"],
+                              tmp / "extend.log")
     after = statuses(store)
     trained = [t for t in after if before.get(t) != after[t]]
     changed = [t for t in before if before[t] != after.get(t)]
@@ -114,7 +118,9 @@ def run(a, port: int, tmp: Path) -> str:
     assert len(trained) == n and not changed, (len(trained), changed[:3])
     return (f"extend {n} finished trials by {n} seeds on moto S3: trained {len(trained)} "
             f"(kept {len(before)} unchanged); command -> plan: {plan_s:.2f} s "
-            f"(target < 5 s); whole extension {total:.0f} s")
+            f"(target < 5 s; `vaestudy resume` of the same finished study: {base_s:.2f} s); "
+            f"whole extension {total:.0f} s; load average {os.getloadavg()[0]:.1f} on "
+            f"{os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
