@@ -145,7 +145,9 @@ def copy_trial(src, dst, trial_id: str, status: dict, tables: dict[str, pa.Table
     png = src.read_optional(src.path("traversals", f"{trial_id}.png"))
     if png is not None:
         h.traversal(png)
-    fields = {k: v for k, v in status.items() if k not in ("trial_id", "state", "updated", "host")}
+    # its pack, if any, was the other study's: a copy belongs to none here
+    fields = {k: v for k, v in status.items()
+              if k not in ("trial_id", "state", "updated", "host", "pack")}
     h.set_status(status["state"], **fields, reused_from=src.study)
 
 

@@ -145,3 +145,60 @@ def _each_row_once(load, root, copied, src, dst):
         assert compacts and not parts
         assert set(copied) <= compaction.covered(dst, compacts[-1][1])
     assert check(dst, log=lambda line: None) == {}
+
+
+def test_an_extended_packed_study_packs_the_new_trials_apart(tmp_path):
+    import ray
+    from study import extend, runner
+    from study.spec import parse
+    try:
+        runner.run(parse({**SPEC, "pack": 2}), str(tmp_path))
+        store = ResultStore(str(tmp_path), "tiny")
+        [(old_pid, old_members)] = store.read_json(store.path("study.json"))["packs"].items()
+        before = {s["trial_id"]: s for s in store.all_status()}
+        grow = extend.prepare(f"{tmp_path}/tiny", None, {"seeds": [0, 1]}, None)
+        out = runner.run(grow.spec, grow.root, resume=True, grow=grow)
+        assert out.counts["completed"] == 4
+        packs = store.read_json(store.path("study.json"))["packs"]
+        assert len(packs) == 2 and packs[old_pid] == old_members      # the old pack kept
+        [new_pid] = set(packs) - {old_pid}
+        after = {s["trial_id"]: s for s in store.all_status()}
+        assert sorted(packs[new_pid]) == sorted(set(after) - set(before))
+        assert all(after[t] == before[t] for t in old_members), "an old member was retrained"
+        assert all(after[t]["pack"] == new_pid and after[t]["attempts"] == 1
+                   for t in packs[new_pid])
+    finally:
+        ray.shutdown()
+
+
+def test_a_search_extended_by_num_samples_continues_its_optuna_study(tmp_path, capsys):
+    import optuna
+    import ray
+    raw = {**{k: v for k, v in SPEC.items() if k not in ("seeds", "noise")},
+           "name": "search", "num_samples": 2, "max_concurrent": 2,
+           "search": {"optuna": {"sampler": "random", "seed": 0}},
+           "noise": {"sigma2": {"loguniform": [0.001, 0.3]}}}
+    spec = tmp_path / "search.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    root = tmp_path / "res"
+    try:
+        assert main(["run", str(spec), "--out", str(root), "--no-report"]) == 0
+        kept = _status_bytes(root, "search")
+        for argv, needle in ((["--set", "num_samples=2"], "num_samples: got 2"),
+                             (["--set", "search.optuna.seed=1", "--set", "num_samples=3"],
+                              "search.optuna.seed: a search's extension may only raise")):
+            files = _files(root)
+            assert main(["extend", str(root / "search"), *argv]) == 2
+            assert needle in capsys.readouterr().err and _files(root) == files
+        assert main(["extend", str(root / "search"), "--set", "num_samples=3",
+                     "--no-report"]) == 0
+    finally:
+        ray.shutdown()
+    assert "2 of 3 trials done" in capsys.readouterr().out
+    now = _status_bytes(root, "search")
+    assert len(now) == 3 and all(now[t] == kept[t] for t in kept)
+    study = optuna.load_study(study_name="search",
+                              storage=f"sqlite:///{root}/search/optuna.db")
+    assert len(study.trials) == 3
+    meta = json.loads((root / "search" / "study.json").read_text())
+    assert len(meta["trials"]) == 3 and meta["extensions"][0]["trials_added"] == 1
