@@ -13,6 +13,7 @@ from resultstore.check import check
 from resultstore.store import ResultStore
 from study.cli import main
 from study.status import status_text
+from support.procs import S3_ENV, Procs, S3, s3, s3_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -202,3 +203,45 @@ def test_a_search_extended_by_num_samples_continues_its_optuna_study(tmp_path, c
     assert len(study.trials) == 3
     meta = json.loads((root / "search" / "study.json").read_text())
     assert len(meta["trials"]) == 3 and meta["extensions"][0]["trials_added"] == 1
+
+
+def test_reuse_on_s3_copies_in_without_training_or_ray(s3, capsys):
+    """Every trial of the new study finished in the other: copied, compacted, nothing trains
+    (Ray never starts), each row readable once, on a real S3 server (moto)."""
+    import ray
+    from analysis import load
+    from study import runner
+    from study.spec import parse, trial_configs
+    from trainables.train import run_trial
+    uri = s3.uri(s3.bucket())
+    spec = parse({**SPEC, "name": "other", "reuse": ["pilot"]})
+    pilot = ResultStore(uri, "pilot")
+    for cfg in trial_configs(spec):                    # the pilot: `vaestudy train` trials
+        run_trial(cfg, pilot, log=lambda _: None)
+    out = runner.run(spec, uri)
+    assert out.counts["completed"] == 2 and not ray.is_initialized()
+    assert "2 to copy from other studies, 0 to run" in capsys.readouterr().out
+    dst = ResultStore(uri, "other")
+    assert {s.get("reused_from") for s in dst.all_status()} == {"pilot"}
+    load.store.cache_clear()
+    for table in ("trials", "factors", "codes"):
+        got = load.scan(uri, "other", table).collect()
+        assert got.height and got.n_unique(load.KEYS[table]) == got.height
+        assert got.drop("study").sort(load.KEYS[table]).equals(
+            load.scan(uri, "pilot", table).collect().drop("study").sort(load.KEYS[table]))
+        compacts, parts = compaction.listing(dst, table)
+        assert compacts and not parts
+    assert check(dst, log=lambda line: None) == {}
+
+
+def test_the_report_flags_trials_of_mixed_code_versions():
+    from analysis import versions
+    from analysis.figures import Tables
+    last = pl.DataFrame({"trial_id": ["a", "b", "c"], "code_version": ["1+gx", "1+gx", "2+gy"],
+                         "written_at": [1, 2, 3]}).with_columns(
+        pl.col("written_at").cast(pl.Datetime("ms", "UTC")))
+    mixed = versions.section(Tables({"code_versions": versions.code_versions(last)}))
+    assert mixed[0] == ("h", 2, "Code versions: MIXED") and mixed[-1][1].height == 2
+    one = versions.section(Tables({"code_versions": versions.code_versions(last.head(2))}))
+    assert one == [("h", 2, "Code version"),
+                   ("p", "All 2 trials were computed by vaestudy 1+gx.")]
