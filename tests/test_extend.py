@@ -245,3 +245,31 @@ def test_the_report_flags_trials_of_mixed_code_versions():
     one = versions.section(Tables({"code_versions": versions.code_versions(last.head(2))}))
     assert one == [("h", 2, "Code version"),
                    ("p", "All 2 trials were computed by vaestudy 1+gx.")]
+
+
+def test_a_finished_copy_replaces_a_trials_own_unfinished_attempt(tmp_path, capsys):
+    """A trial that started here and was killed, then found finished in another study: its
+    own rows and checkpoints go, the copy's take their place, each row once (no Ray)."""
+    from analysis import load
+    from conftest import Interrupt, stop_at
+    from study import runner
+    from study.spec import parse, trial_configs
+    from trainables.train import run_trial
+    root = str(tmp_path)
+    spec = parse({**SPEC, "name": "other", "reuse": ["pilot"]})
+    cfg = trial_configs(spec)[0]
+    for c in trial_configs(spec):
+        run_trial(c, ResultStore(root, "pilot"), log=lambda _: None)
+    with pytest.raises(Interrupt):                            # killed after its first epoch
+        run_trial(cfg, ResultStore(root, "other"), report=stop_at(1), log=lambda _: None)
+    own = tmp_path / "other" / "checkpoints" / cfg.trial_id()
+    assert [p.name for p in own.glob("epoch-*.pt")] and (tmp_path / "other" / "trials").exists()
+    assert runner.run(spec, root).counts["completed"] == 2
+    assert "2 to copy from other studies, 0 to run" in capsys.readouterr().out
+    ckpts = sorted(p.name for p in (tmp_path / "other" / "checkpoints").rglob("*.pt"))
+    assert ckpts == ["final.pt", "final.pt"]                  # its own epoch checkpoints gone
+    load.store.cache_clear()
+    rows = load.trials(root, "other", last=False).collect()
+    assert rows.height == 2 * 2 and rows.n_unique(["trial_id", "epoch"]) == rows.height
+    assert set(rows["state"]) == {"completed"}
+    assert check(ResultStore(root, "other"), log=lambda line: None) == {}
