@@ -139,7 +139,7 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
     """grow: a `study.extend.Extension`, whose plan replaces `prepare`'s."""
     guards.check_cluster_storage(spec, root, address)
     store, trials, scfg = grow.prepared if grow else prepare(spec, root, resume)
-    if spec.reuse:
+    if spec.reuse and not resume:        # a resume copies what it still finds, if anything
         reuse.check(spec, store)
     log(f"study {spec.name}: {spec.size_line()}")
     log(f"results: {store.uri()}")
