@@ -213,6 +213,7 @@ def test_reuse_on_s3_copies_in_without_training_or_ray(s3, capsys):
     from study import runner
     from study.spec import parse, trial_configs
     from trainables.train import run_trial
+    ray.shutdown()                                     # whatever an earlier test left up
     uri = s3.uri(s3.bucket())
     spec = parse({**SPEC, "name": "other", "reuse": ["pilot"]})
     pilot = ResultStore(uri, "pilot")
