@@ -96,8 +96,8 @@ def prepare(study: str, spec_file: str | None, sets: dict, others: list[str] | N
         scfg, n_added = None, len(added)
         kept_ids = [tid for tid, _ in trials[:len(trials) - len(added)]]
     try:
-        store.check_writable()
         kept = copying.versions(store, kept_ids)       # reading them checks their format
+        store.check_writable()
     except StoreError as e:
         raise UsageError(str(e)) from None
     record = {"at": now_iso(), "command": command(), "code_version": code_version(),

@@ -75,6 +75,22 @@ def test_a_change_that_alters_the_study_is_refused_naming_the_key(capsys, finish
     assert not ray.is_initialized()
 
 
+def test_kept_trials_written_by_a_newer_vaestudy_are_refused(capsys, finished, tmp_path):
+    """Ids hash the config, not the code: the rows an extension keeps are read first, and a
+    results format this code cannot read stops it in one line, nothing written."""
+    import pyarrow.parquet as pq
+    from resultstore.format import FORMAT_KEY
+    root = _copy(finished, tmp_path)
+    [path] = (root / "tiny" / "trials").glob("compact-*.parquet")
+    t = pq.read_table(path)
+    pq.write_table(t.replace_schema_metadata({**t.schema.metadata, FORMAT_KEY: b"99"}), path)
+    before = _files(root)
+    assert main(["extend", str(root / "tiny"), "--set", "seeds=[0, 1]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "results format '99'" in err, err
+    assert _files(root) == before
+
+
 def test_extending_a_study_that_does_not_exist_is_refused(capsys, tmp_path):
     assert main(["extend", str(tmp_path / "nope")]) == 2
     assert "no study.json" in capsys.readouterr().err
