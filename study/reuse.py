@@ -42,7 +42,12 @@ def find(store: ResultStore, others: tuple[str, ...], todo: dict[str, dict]
         left = [t for t in todo if t not in found]
         if not left:
             break
-        for tid, st in ResultStore(store.root, name).status_many(left).items():
+        other = ResultStore(store.root, name)
+        # its status table (one read when current) narrows the look-up to finished trials;
+        # their status files give the config each id must hash from
+        states, _ = other.trial_states(left)
+        done = [t for t in left if (states.get(t) or {}).get("state") in FINISHED]
+        for tid, st in other.status_many(done).items():
             if st.get("state") in FINISHED and _same_experiment(tid, st.get("config")):
                 found[tid] = (name, st)
     return found
