@@ -19,7 +19,8 @@ from pathlib import Path
 import polars as pl
 from tqdm import tqdm
 
-from analysis import agreement, equivalence, figures, intrinsic, load, render, stats, tradeoff
+from analysis import (agreement, equivalence, figures, intrinsic, load, render, stats, tradeoff,
+                      versions)
 from analysis.metrics.section import metrics_frames, metrics_section
 
 
@@ -143,7 +144,8 @@ def compute_tables(root: str, study: str, opts: Options = Options()) -> figures.
                   "mi_xz", "kl_qz_pz", "n_used_factors", "sigma2").sort("trial_id", "epoch"),
               "intrinsic_dimension": intrinsic.aggregate(rows.lazy()).collect(),
               "learned_noise": intrinsic.learned_noise(rows.lazy()).collect(),
-              "tradeoff": tradeoff.tradeoff(rows.lazy())}
+              "tradeoff": tradeoff.tradeoff(rows.lazy()),
+              "code_versions": versions.code_versions(last)}
     bar.update()
     codes = equivalence.trial_codes(rows.lazy(), factors, load.codes(root, study))
     frames["seed_pairs"] = equivalence.seed_pairs(codes)
@@ -314,7 +316,7 @@ def _tradeoff(t: figures.Tables) -> list[tuple]:
 
 # Further report sections: functions (t, opts) -> list of blocks, appended after the
 # disentanglement metrics (issue 16's `metrics_section`).
-SECTIONS: list = []
+SECTIONS: list = [versions.section]       # which code computed the trials (extend, reuse)
 
 
 def blocks(root: str, study: str, t: figures.Tables, drawn: list,

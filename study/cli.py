@@ -2,6 +2,7 @@
 
     vaestudy run     [SPEC.yaml | --preset NAME] [--out DIR] [--set k=v ...] [--address ADDR]
     vaestudy resume  DIR/STUDY [--address ADDR]
+    vaestudy extend  DIR/STUDY [--spec FILE] [--set k=v ...] [--reuse OTHER ...]
     vaestudy status  DIR/STUDY
     vaestudy compact DIR/STUDY
     vaestudy check   DIR/STUDY [--repair]
@@ -66,6 +67,8 @@ def load_spec(args: argparse.Namespace):
     sets = parse_sets(args.set)
     if args.out:
         sets["storage"] = args.out
+    if getattr(args, "reuse", None):
+        sets["reuse"] = args.reuse
     return parse(merge(raw, sets))
 
 
@@ -93,11 +96,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _run(spec, root, args.address, resume=True, report=not args.no_report)
 
 
-def _run(spec, root: str, address: str | None, resume: bool, report: bool) -> int:
+def cmd_extend(args: argparse.Namespace) -> int:
+    from study import extend
+
+    grow = extend.prepare(args.study, args.spec, parse_sets(args.set), args.reuse)
+    print(grow.describe(), flush=True)
+    return _run(grow.spec, grow.root, args.address, resume=True, report=not args.no_report,
+                grow=grow)
+
+
+def _run(spec, root: str, address: str | None, resume: bool, report: bool, grow=None) -> int:
     from study import runner
     from study.status import status_text
 
-    out = runner.run(spec, root, address=address, resume=resume)
+    out = runner.run(spec, root, address=address, resume=resume, grow=grow)
     if out.lost:
         print(f"study {spec.name}: another driver took it over; it is running there "
               f"(`vaestudy status {out.store.uri()}`)", file=sys.stderr)
@@ -245,7 +257,21 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key; YAML value")
     r.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     r.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    r.add_argument("--reuse", action="append", metavar="OTHER",
+                   help="copy in trials that finished in study OTHER (same results root)")
     r.set_defaults(func=cmd_run)
+
+    ex = sub.add_parser("extend", help="grow a study (more seeds, grid values, search budget); "
+                                       "finished trials are kept, only new ones run")
+    ex.add_argument("study", metavar="DIR/STUDY")
+    ex.add_argument("--spec", help="a spec whose grid holds the study's (default: the recorded "
+                                   "spec with --set applied)")
+    ex.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. seeds=[0,1,2,3]")
+    ex.add_argument("--reuse", action="append", metavar="OTHER",
+                    help="copy in trials that finished in study OTHER (same results root)")
+    ex.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else local)")
+    ex.add_argument("--no-report", action="store_true")
+    ex.set_defaults(func=cmd_extend)
 
     re_ = sub.add_parser("resume", help="continue a killed study: finished trials are not rerun")
     re_.add_argument("study", metavar="DIR/STUDY")

@@ -20,7 +20,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from study import guards, tuner
+from study import guards, reuse, tuner
 from study.inputs import UsageError
 from resultstore.lease import Lease, LeaseHeld
 from study.provenance import now_iso
@@ -141,10 +141,13 @@ def write_meta(store: ResultStore, spec: StudySpec, trials: list[dict] | None, *
 
 
 def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = False,
-        log=print) -> Outcome:
+        log=print, grow=None) -> Outcome:
+    """grow: a `study.extend.Extension`, whose plan replaces `prepare`'s."""
     guards.check_cluster_storage(spec, root, address)
     guards.check_gpu_share(spec, address)
-    store, trials, scfg = prepare(spec, root, resume)
+    store, trials, scfg = grow.prepared if grow else prepare(spec, root, resume)
+    if spec.reuse and not resume:        # a resume copies what it still finds, if anything
+        reuse.check(spec, store)
     log(f"study {spec.name}: {spec.size_line()}")
     log(f"results: {store.uri()}")
     t0 = time.time()
@@ -155,14 +158,20 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         return Outcome(store, count_states(done, ids), time.time() - t0, ran=False)
     with hold(store, log) as lease:
         rows, todo = plan(store, trials) if scfg is None else (trial_states(store), {})
+        found = reuse.find(store, spec.reuse, todo) if spec.reuse else {}
         if scfg is None:
-            log(f"plan: {len(ids) - len(todo)} trials finished before, {len(todo)} to run")
-        space, packs = _grid_space(spec, todo, log, trials)
+            log(f"plan: {len(ids) - len(todo)} trials finished before, "
+                + (f"{len(found)} to copy from other studies, " if found else "")
+                + f"{len(todo) - len(found)} to run")
+        copied = reuse.copy_in(store, found, rows, todo, log)
+        space, packs = _grid_space(spec, todo, log, trials,
+                                   apart=grow.added if grow else frozenset())
         if todo or scfg is not None:
             tuner.start_ray(address, log)
             spec = dataclasses.replace(spec, gpu=_gpu_share(spec, address))
         _write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
-                    driver_host=socket.gethostname(), **packs)
+                    driver_host=socket.gethostname(),
+                    **(grow.study_json(packs) if grow else packs))
         tracker = StatusTracker(store, rows, todo, {"started": t0, "cpu": spec.cpu,
                                                     "gpu": spec.gpu or 0.0},
                                 packs=packs.get("packs"))
@@ -186,7 +195,7 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         tracker.write(final=True)
         write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],
                    finished=now_iso())
-        if todo or scfg is not None:             # a finished study's resume writes no row
+        if todo or copied or scfg is not None:   # a finished study's resume writes no row
             compact_finished(store, log)
     return Outcome(store, count_states(tracker.rows, ids), time.time() - t0)
 
@@ -308,9 +317,10 @@ def _write_meta(store: ResultStore, *args, **kw) -> None:
 
 
 def _grid_space(spec: StudySpec, todo: dict[str, dict], log=print,
-                trials: list | None = None) -> tuple[dict, dict]:
+                trials: list | None = None, apart: set[str] = frozenset()) -> tuple[dict, dict]:
     """Tune's grid: the ids of the trials to run, or their packs ({"id", "members"});
-    when packed, also {"packs": {pack id: member ids}} for study.json and the tracker."""
+    when packed, also {"packs": {pack id: member ids}} for study.json and the tracker.
+    `apart`: trials an extension added, packed among themselves, not with the old ones."""
     if not todo:                                  # nothing for Tune: ray.tune stays unimported
         return {}, {}
     from ray import tune
@@ -320,7 +330,9 @@ def _grid_space(spec: StudySpec, todo: dict[str, dict], log=print,
     from study import packing
 
     grid = trials or [(tid, TrialConfig.from_dict(c)) for tid, c in todo.items()]
-    parts = packing.partition(grid, spec.pack)                # the whole grid: stable packs
+    groups = ([t for t in grid if t[0] not in apart], [t for t in grid if t[0] in apart])
+    parts = [p for group in groups if group                  # the whole grid: stable packs,
+             for p in packing.partition(group, spec.pack)]   # an extension's new trials apart
     entries = packing.pack_space(parts, set(todo))
     log(f"packed: {packing.describe(parts)}; {len(entries)} with trials to run")
     return ({"trial": tune.grid_search(entries)},

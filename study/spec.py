@@ -9,6 +9,7 @@
     failure: {max_retries: 1}
     storage: results            # local path, NFS path, s3:// or gs:// URI
     storage_shared: false       # true: the local path is mounted on every node (NFS)
+    reuse: [other-study]        # finished trials of these studies (same root) copied in
 
 `parse` validates everything (every expanded trial builds a TrialConfig) before
 anything starts; every error names the key, the value and what is allowed.
@@ -25,7 +26,7 @@ from trainables.config import SECTIONS, ConfigError, TrialConfig, all_keys, nest
 from resultstore.uri import StoreError, check_uri
 
 STUDY_KEYS = {"name", "seeds", "resources", "max_concurrent", "failure", "storage", "search",
-              "num_samples", "description", "storage_shared", "pack"}
+              "num_samples", "description", "storage_shared", "pack", "reuse"}
 LIST_VALUED = {"dataset.split"}          # keys whose single value is itself a list
 LEAVES = set(all_keys())
 
@@ -45,6 +46,7 @@ class StudySpec:
     num_samples: int | None = None
     description: str = ""
     pack: int | str | None = None                  # members per pack (int or "auto"); None: unpacked
+    reuse: tuple[str, ...] = ()                    # studies whose finished trials are copied in
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def axes(self) -> dict[str, list]:
@@ -136,11 +138,12 @@ def parse(raw: dict[str, Any], search_ok: bool = True) -> StudySpec:
     if search is not None and not isinstance(search, dict):
         raise UsageError(f"search: got {search!r}; allowed: a mapping such as {{optuna: {{...}}}}")
     pack = _pack(raw.get("pack"), search)
+    reuse = _reuse(raw.get("reuse"), search)
     spec = StudySpec(name=name, trial=trial, seeds=tuple(seeds), cpu=cpu, gpu=gpu,
                      max_concurrent=mc, max_retries=retries, storage=storage, storage_shared=shared,
                      search=search,
                      num_samples=raw.get("num_samples"), description=str(raw.get("description", "")),
-                     pack=pack, raw=raw)
+                     pack=pack, reuse=reuse, raw=raw)
     _check_trials(spec, allow_distributions=search is not None)
     return spec
 
@@ -187,6 +190,19 @@ def _pack(value: Any, search: Any) -> int | str | None:
         raise UsageError("pack: a search runs one trial per configuration; allowed: pack with "
                          "a grid only (drop `pack` or `search`)")
     return None if value == 1 else value
+
+
+def _reuse(value: Any, search: Any) -> tuple[str, ...]:
+    """`reuse: [OTHER, ...]`: studies under the same results root (study/reuse.py)."""
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names:
+        raise UsageError(f"reuse: got {value!r}; allowed: a study name or a list of them")
+    if search is not None:
+        raise UsageError("reuse: a search's trials are Optuna's suggestions; allowed: reuse "
+                         "with a grid only (drop `reuse` or `search`)")
+    return tuple(check_name(n, f"reuse[{i}]") for i, n in enumerate(names))
 
 
 def _mapping(key: str, value: Any, allowed: set[str]) -> dict:

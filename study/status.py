@@ -53,6 +53,9 @@ def status_text(store: ResultStore, top: int = 5, now: float | None = None) -> s
     lines = [f"study {store.study} at {store.uri()}: {meta.get('size', f'{len(ids)} trials')}",
              f"  read from {where}",
              "  " + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))]
+    if ext := meta.get("extensions"):         # one study, grown by `vaestudy extend`
+        lines.append(f"  extended {len(ext)} time{'s' if len(ext) > 1 else ''}, last at "
+                     f"{ext[-1]['at']} (+{ext[-1]['trials_added']} trials)")
     for pid, members in (meta.get("packs") or {}).items():
         by = count_states(rows, members)
         lines.append(f"  pack {pid}: {len(members)} members ("
