@@ -10,8 +10,8 @@ which storage it is on:
     create(path, data) -> bool     atomic create-if-absent: False where a file is there
     publish(scratch, path) -> bool a finished local scratch file made visible at `path`
                                    with create-if-absent (large files too)
-    list / walk / exists / age     one folder's names; every file below; age in the
-                                   storage's own clock (not this machine's)
+    list / walk / exists / mtime / age    one folder's names; every file below; times by
+                                   the storage's own clock (not this machine's)
     delete / delete_many / delete_dir    missing files are fine
     sweep(folder, older_than)      temp files and incomplete uploads left by a crash
 
@@ -133,6 +133,13 @@ class LocalBackend(Backend):
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
+
+    def mtime(self, path: str) -> float | None:
+        """When `path` was last written (seconds since the epoch, the storage's clock)."""
+        try:
+            return os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
 
     def age(self, path: str) -> float | None:
         """Seconds since `path` was written, by the storage's clock: a probe written beside
@@ -363,6 +370,10 @@ class S3Backend(Backend):
                 return None
             raise err from None
 
+    def mtime(self, path: str) -> float | None:
+        head = self._head(path)
+        return None if head is None else head["LastModified"].timestamp()
+
     def age(self, path: str) -> float | None:
         """The server's Date header minus the object's LastModified: both the server's clock."""
         head = self._head(path)
@@ -471,6 +482,12 @@ class ArrowBackend(Backend):
 
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def mtime(self, path: str) -> float | None:
+        info = self.fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound or info.mtime is None:
+            return None
+        return info.mtime.timestamp()
 
     def age(self, path: str) -> float | None:
         info = self.fs.get_file_info(path)

@@ -240,13 +240,9 @@ def finished_before(store: ResultStore, trials: list[tuple[str, TrialConfig]]
 def report_current(store: ResultStore) -> str | None:
     """Where report.html is when it was written after the status table (the results have not
     changed since), else None."""
-    import pyarrow.fs as pafs
-
-    report, table = store.fs.get_file_info([store.path("report.html"),
-                                            store.path("status.parquet")])
-    if report.type != pafs.FileType.File or table.type != pafs.FileType.File:
-        return None
-    if report.mtime is None or table.mtime is None or report.mtime < table.mtime:
+    report = store.backend.mtime(store.path("report.html"))
+    table = store.backend.mtime(store.path("status.parquet"))
+    if report is None or table is None or report < table:
         return None
     return store.uri("report.html")
 
