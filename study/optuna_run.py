@@ -22,8 +22,6 @@ def fit_search(spec, scfg: SearchConfig, store: ResultStore, log=print,
         errors = fit(spec, store, {}, search_alg=searcher, scheduler=_scheduler(scfg, spec),
                      num_samples=remaining, callbacks=callbacks)
     reconcile(study, store)
-    n = write_pareto(store, scfg)
-    log(f"pareto front: {n} trials in {store.uri('analysis', 'pareto.parquet')}")
     ids = [t.user_attrs["trial_id"] for t in study.get_trials(deepcopy=False)
            if "trial_id" in t.user_attrs]
     return ids, errors

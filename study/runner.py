@@ -193,6 +193,11 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
             return Outcome(store, count_states(tracker.rows, ids), time.time() - t0, lost=True)
         record_failures(store, tracker, errors)
         tracker.write(final=True)
+        if scfg is not None:                 # from the final table: every trial's end state
+            from study.optuna_run import write_pareto
+
+            n = write_pareto(store, scfg)
+            log(f"pareto front: {n} trials in {store.uri('analysis', 'pareto.parquet')}")
         write_meta(store, spec, None if scfg is None else [{"id": i} for i in ids],
                    finished=now_iso())
         if todo or copied or scfg is not None:   # a finished study's resume writes no row

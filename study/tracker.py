@@ -3,7 +3,7 @@
 Tune's hooks (study/status_callback.py hands them here) only update rows in memory
 and return: Tune runs every callback inside its event loop, so any I/O there stalls
 every trial's scheduling. A background thread writes the rows as one small Parquet
-file (`status.parquet`, trainables/store.py), coalesced: at most one write per
+file (`status.parquet`, resultstore/store.py), coalesced: at most one write per
 WRITE_EVERY_S however many trials end, at least one per HEARTBEAT_S while the study
 runs, and once more, marked final, when the driver ends. The thread also reads the
 status files of trials that ended (how they ended: completed, diverged, stopped),

@@ -64,8 +64,11 @@ def test_ray_swaps_loopback_for_the_outward_address_and_the_patches_keep_it():
     can go."""
     if _outward_address() is None:
         pytest.skip("this machine has no outward address: Ray has nothing to swap in")
+    from study import raypatch
+    # unpatched means also without the flag an earlier in-process study left in os.environ
+    env = {k: v for k, v in os.environ.items() if k != raypatch.LOOPBACK_ONLY}
     r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                       cwd=str(ROOT), timeout=120)
+                       cwd=str(ROOT), timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     resolved, node, resolved_after, node_after = r.stdout.split()
     assert resolved != "127.0.0.1" and node != "127.0.0.1", r.stdout
