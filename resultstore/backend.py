@@ -356,7 +356,12 @@ class S3Backend(Backend):
             raise self._errors(f"{kw['Bucket']}/{kw['Prefix']}", e) from None
 
     def exists(self, path: str) -> bool:
-        return self._head(path) is not None
+        """A file, or a folder (a prefix with objects below it), as on a local disk."""
+        if self._head(path) is not None:
+            return True
+        bucket, prefix = self._split(path.rstrip("/") + "/")
+        got = self.client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        return got.get("KeyCount", 0) > 0
 
     def _head(self, path: str) -> dict | None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -61,7 +61,8 @@ class TrialHandle:
         gen = self.store.fence
         if gen is None:
             return
-        if self.store.exists(self.store.path(LEASE_DIR, lease_name(gen + 1))):
+        # one HEAD on S3 (`exists` would also list the prefix when there is no file)
+        if self.store.backend.mtime(self.store.path(LEASE_DIR, lease_name(gen + 1))) is not None:
             raise FencedOut(f"[{self.id}] study {self.store.study!r} was taken over by a newer "
                             f"driver (lease generation {gen + 1}; this attempt was started "
                             f"under {gen}): stopping without writing or deleting")

@@ -16,6 +16,7 @@ Trial side, before anything else:
 from __future__ import annotations
 
 import os
+import json
 import socket
 import time
 
@@ -55,8 +56,8 @@ def check_probe(store: ResultStore, driver: str, node: str) -> None:
     from trainables.train import FatalTrialError          # trial side: torch is loaded there
 
     try:
-        seen = store.read_json(store.path(PROBE)).get("driver") \
-            if store.exists(store.path(PROBE)) else None
+        raw = store.read_optional(store.path(PROBE))        # one request, no check first
+        seen = json.loads(raw).get("driver") if raw is not None else None
         why = "no probe" if seen is None else f"another driver's probe ({seen})"
     except (OSError, ValueError) as e:
         seen, why = None, f"unreadable probe ({e})"
