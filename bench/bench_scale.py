@@ -67,7 +67,10 @@ import sys, time
 from concurrent.futures import ThreadPoolExecutor
 from ray.tune.experiment import Trial
 from study.tracker import StatusTracker, as_callback, config_row
-from resultstore.store import ResultStore
+try:                                     # BASE's code, where it runs from its tree
+    from trainables.store import ResultStore
+except ImportError:
+    from resultstore.store import ResultStore
 st = ResultStore(sys.argv[1], sys.argv[2])
 n, k = int(sys.argv[3]), int(sys.argv[4])
 ids = [f"t{i:05d}" for i in range(n)]
@@ -77,7 +80,7 @@ sizes = []
 write = st.write_status_table
 def counted(rows, final, **meta):
     write(rows, final, **meta)
-    sizes.append(st.fs.get_file_info(st.path("status.parquet")).size)
+    sizes.append(len(st.read_bytes(st.path("status.parquet"))))
 st.write_status_table = counted
 rows = {t: config_row(t, {"train": {"epochs": 1}}) for t in ids}
 tracker = StatusTracker(st, rows, {t: {} for t in ids}, {"started": time.time()})
