@@ -16,6 +16,7 @@ environment or AWS profile), so nothing secret is pickled into Tune's state.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 from study import guards, raypatch
@@ -73,6 +74,9 @@ def fit(spec: StudySpec, store: ResultStore, space: dict, search_alg=None, sched
 
     raypatch.legacy_output()                   # the concise table, not per-trial boxes
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"   # no CSV/JSON/TensorBoard copies
+    # ...so Tune's closing analysis finds no result.json and warns once per trial; the results
+    # are on the study storage, not there: that warning says nothing to a user
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     spec = dataclasses.replace(spec, gpu=guards.gpu_share(spec, None))   # run() sets it on a cluster
     fn = tune.with_parameters(_trainable(), configs=configs) if configs else _trainable()
     trainable = tune.with_resources(fn, {"cpu": spec.cpu, "gpu": spec.gpu})
