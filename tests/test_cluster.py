@@ -86,11 +86,11 @@ class Cluster:
             self.kill(name)
 
 
-@pytest.fixture
-def cluster(tmp_path):
+def _two_nodes(tmp_path, head_cpus: int):
+    """A head (with `head_cpus` CPUs for trials) and one worker, stopped afterwards."""
     c = Cluster(tmp_path)
     try:
-        c.start_node("head", head=True)
+        c.start_node("head", head=True, cpus=head_cpus)
         c.head_id = next(iter(c.wait_nodes(1)))
         c.start_node("worker", head=False)
         c.nodes_alive = c.wait_nodes(2)
@@ -98,6 +98,11 @@ def cluster(tmp_path):
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    yield from _two_nodes(tmp_path, head_cpus=1)
 
 
 def _spec(path: Path, name: str, epochs: int, n: int = 600, delay: float = 0) -> Path:
@@ -165,16 +170,7 @@ def test_a_study_on_two_nodes_uses_both(cluster, tmp_path):
 def worker_only(tmp_path):
     """A head with no CPU for trials and one worker: every trial runs on a worker by Ray's
     resource accounting, not by timing (a loaded machine cannot move one to the head)."""
-    c = Cluster(tmp_path)
-    try:
-        c.start_node("head", head=True, cpus=0)
-        c.head_id = next(iter(c.wait_nodes(1)))
-        c.start_node("worker", head=False)
-        c.nodes_alive = c.wait_nodes(2)
-        c.worker_id = next(n for n in c.nodes_alive if n != c.head_id)
-        yield c
-    finally:
-        c.stop()
+    yield from _two_nodes(tmp_path, head_cpus=0)
 
 
 def test_a_killed_worker_node_costs_no_result(worker_only, tmp_path):
