@@ -20,7 +20,6 @@ every format (those without compact files only get the per-trial checks).
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pyarrow as pa
@@ -121,6 +120,3 @@ def _rows_of(store, table: str, trial_id: str, paths: list[str]) -> pa.Table:
     it = compaction._new_trials(store, table, [trial_id], {trial_id: paths})
     return next(it)[1]
 
-
-def summary(found: dict[str, int]) -> str:
-    return json.dumps(found, sort_keys=True)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -110,7 +112,6 @@ def apply(store, plans: dict[str, tuple], grace_s: float) -> int:
         if new:
             write_generation(store, table, compacts, held, new, parts)
     if plans:
-        import time
         time.sleep(grace_s)                       # readers that listed the old files
     for table, (compacts, _, new, parts, leftover) in plans.items():
         old = [p for _, p in compacts] if new else [p for _, p in compacts[:-1]]
@@ -176,7 +177,6 @@ def validate(scratch: str, trials: list[str], counts: Counter) -> None:
 
 
 def _remove(path: str) -> None:
-    import os
     try:
         os.remove(path)
     except FileNotFoundError:
