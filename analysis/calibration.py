@@ -22,7 +22,7 @@ from itertools import combinations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from analysis import agreement, align
+from analysis import agreement, align, stats
 
 TRUTHS = ("permutation", "boundary", "haar", "unrelated")
 SHAPES = ("isotropic", "anisotropic")
@@ -162,3 +162,99 @@ def table(seed_counts=(3, 5, 10), reps: int = 2000, seed: int = 0) -> list[dict]
                          "rate": bad, "bound": (cp_lower if truth == "haar" else cp_upper)(
                              round(bad * reps), reps)})
     return rows
+
+
+# ---- seeds until the verdict is decided (issue 24, analysis.sequential) ----------------
+
+WANTED = {"permutation": agreement.PERMUTATION, "boundary": agreement.ROTATION,
+          "haar": agreement.ROTATION, "unrelated": ""}       # the right verdict per truth
+WRONG = {"permutation": (agreement.ROTATION,), "boundary": (agreement.PERMUTATION,),
+         "haar": (agreement.PERMUTATION,),
+         "unrelated": (agreement.ROTATION, agreement.PERMUTATION)}
+
+
+class _Pairs:
+    """One simulated configuration's pair statistics, computed when a look first needs them
+    and shared by every look and by the fixed design (a paired comparison)."""
+
+    def __init__(self, codes: list[np.ndarray], rng: np.random.Generator):
+        self.codes, self.rng, self.done = codes, rng, {}
+
+    def interval(self, n: int, level: float) -> dict:
+        for ij in combinations(range(n), 2):
+            if ij not in self.done:
+                s = agreement.pair_statistic(self.codes[ij[0]], self.codes[ij[1]], self.rng)
+                self.done[ij] = (s["procrustes_r2"], s["permutation_r2"])
+        ij = list(combinations(range(n), 2))
+        p, q = zip(*(self.done[x] for x in ij))
+        a, b = zip(*ij)
+        return agreement.config_interval(p, q, a, b, level)
+
+
+def sequential_run(codes: list[np.ndarray], schedule, rng: np.random.Generator,
+                   fixed: bool = True) -> dict:
+    """The sequential rule on one configuration whose seeds hold `codes` (max of them):
+    its verdict, seeds used and interval where it stopped; with `fixed`, also the verdict
+    of one look at all max seeds at the fixed level (stats.LEVEL)."""
+    pairs = _Pairs(codes, rng)
+    for n in schedule.looks():
+        ci = pairs.interval(n, schedule.level(n))
+        verdict = agreement.decide(ci)
+        if verdict:
+            break
+    out = {"verdict": verdict, "seeds": n, "diff_low": ci["diff_low"],
+           "diff_high": ci["diff_high"]}
+    if fixed:
+        out["fixed"] = agreement.decide(pairs.interval(schedule.max, stats.LEVEL))
+    return out
+
+
+def sequential_rates(truth: str, schedule, reps: int, seed: int = 0, ks=(4, 8, 16, 32),
+                     shapes=SHAPES, sigmas=(0.1, 0.3), fixed: bool = True) -> dict:
+    """Over `reps` simulated configurations of one truth: how often the sequential rule and
+    the fixed design at max seeds give the wrong and the right verdict, with one-sided 95%
+    Clopper-Pearson bounds (upper for the wrong, lower for the right), and the seeds used."""
+    rng = np.random.default_rng([seed, TRUTHS.index(truth), schedule.max, 24])
+    cells = [(k, s, g) for k in ks for s in shapes for g in sigmas]
+    runs = []
+    for r in range(reps):
+        k, shape, sigma = cells[r % len(cells)]
+        codes = seed_codes(truth, schedule.max, k, shape, sigma, rng)
+        runs.append(sequential_run(codes, schedule, rng, fixed))
+    out = {"truth": truth, "reps": reps,
+           "mean_seeds": float(np.mean([x["seeds"] for x in runs])),
+           "seeds_used": np.bincount([x["seeds"] for x in runs]).tolist()}
+    for design in ("verdict", "fixed") if fixed else ("verdict",):
+        wrong = sum(x[design] in WRONG[truth] for x in runs)
+        right = sum(x[design] == WANTED[truth] for x in runs) if WANTED[truth] else None
+        name = "sequential" if design == "verdict" else "fixed"
+        out[f"{name}_wrong"], out[f"{name}_wrong_bound"] = wrong / reps, cp_upper(wrong, reps)
+        if right is not None:
+            out[f"{name}_right"], out[f"{name}_right_bound"] = right / reps, cp_lower(right, reps)
+    return out
+
+
+def coverage_at_stop(mu: float, schedule, reps: int, seed: int = 0,
+                     sequential: bool = True) -> tuple[float, float]:
+    """(share of configurations whose interval at the stop holds mu, mean seeds used) for a
+    pair quantity with a per-seed effect, d_ab = mu + u_a + u_b + 0.5 e_ab (u, e ~ N(0, 1)),
+    stopped at the first look whose interval excludes agreement.MARGIN. `sequential`: the
+    looks' levels from `schedule`; else every look at the fixed 95% (looking repeatedly at a
+    fixed-level interval, the stopped interval's coverage falls below 95%)."""
+    from analysis import stats as st
+
+    rng = np.random.default_rng([seed, 2024])
+    hits, used = 0, []
+    for _ in range(reps):
+        u = rng.standard_normal(schedule.max)
+        ij = np.array(list(combinations(range(schedule.max), 2)))
+        d = mu + u[ij[:, 0]] + u[ij[:, 1]] + 0.5 * rng.standard_normal(len(ij))
+        for n in schedule.looks():
+            keep = ij[:, 1] < n
+            level = schedule.level(n) if sequential else st.LEVEL
+            _, lo, hi, _ = st.pair_interval(d[keep], ij[keep, 0], ij[keep, 1], level)
+            if lo > agreement.MARGIN or hi < agreement.MARGIN:
+                break
+        hits += lo <= mu <= hi
+        used.append(n)
+    return hits / reps, float(np.mean(used))
