@@ -13,8 +13,16 @@
     plots        plot_x(frame, ax) -> Axes; figures: the registry; report: report.md/.html;
                  pages: a page per trial; compare: several studies on one page
 """
-from analysis.intrinsic import intrinsic_dimension
-from analysis.report import build_report, summary_table
-from analysis.tradeoff import pareto_mask
+import importlib
 
-__all__ = ["build_report", "summary_table", "pareto_mask", "intrinsic_dimension"]
+# Re-exported lazily: the driver imports light modules of this package (analysis.sequential
+# when it parses a spec) and must not pay for the report's imports.
+_EXPORTS = {"build_report": "analysis.report", "summary_table": "analysis.report",
+            "pareto_mask": "analysis.tradeoff", "intrinsic_dimension": "analysis.intrinsic"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

@@ -30,7 +30,7 @@ AGREEMENT_SCHEMA = {"config_key": pl.String, "seeds": pl.Int64, "pairs": pl.Int6
                     "procrustes_r2": pl.Float64, "permutation_r2": pl.Float64,
                     "diff_mean": pl.Float64, "diff_low": pl.Float64, "diff_high": pl.Float64,
                     "procrustes_low": pl.Float64, "procrustes_high": pl.Float64,
-                    "verdict": pl.String}
+                    "level": pl.Float64, "verdict": pl.String}
 TRUTH_SCHEMA = {"trial_id": pl.String, "config_key": pl.String, "seed": pl.Int64,
                 "n_used": pl.Int64, "true_factors": pl.Int64, "linear_r2": pl.Float64,
                 "axis_alignment": pl.Float64}
@@ -105,21 +105,26 @@ def seed_pairs(per_trial: pl.DataFrame, seed: int = 0, max_seeds: int = MAX_SEED
     return pl.DataFrame(rows, schema=PAIR_SCHEMA)
 
 
-def seed_agreement(pairs: pl.DataFrame) -> pl.DataFrame:
+def seed_agreement(pairs: pl.DataFrame, levels: dict[str, float] | None = None
+                   ) -> pl.DataFrame:
     """Per configuration: n seeds and their pairs, mean held-out R^2 of both alignments, the
-    Procrustes-minus-permutation difference (mean over pairs, 95% interval over seeds), the
-    Procrustes R^2's interval, and the verdict (`agreement.decide`)."""
+    Procrustes-minus-permutation difference (mean over pairs, interval over seeds), the
+    Procrustes R^2's interval, their level, and the verdict (`agreement.decide`). Intervals
+    are 95%, or a configuration's level in `levels` (a study that added seeds until the
+    verdict was decided: the level of its last look, `analysis.sequential`)."""
     rows = []
+    levels = levels or {}
     for (key,), g in pairs.drop_nulls("procrustes_r2").group_by("config_key",
                                                                 maintain_order=True):
+        level = levels.get(key, stats.LEVEL)
         ci = agreement.config_interval(g["procrustes_r2"], g["permutation_r2"],
-                                       g["seed_a"].to_numpy(), g["seed_b"].to_numpy())
+                                       g["seed_a"].to_numpy(), g["seed_b"].to_numpy(), level)
         rows.append({"config_key": key, "seeds": ci["seeds"], "pairs": g.height,
                      "procrustes_r2": g["procrustes_r2"].mean(),
                      "permutation_r2": g["permutation_r2"].mean(),
                      **{k: ci[k] for k in ("diff_mean", "diff_low", "diff_high",
                                            "procrustes_low", "procrustes_high")},
-                     "verdict": agreement.decide(ci)})
+                     "level": level, "verdict": agreement.decide(ci)})
     return (pl.DataFrame(rows, schema=AGREEMENT_SCHEMA)
             .with_columns(pl.col(pl.Float64).fill_nan(None)))
 

@@ -149,7 +149,9 @@ def compute_tables(root: str, study: str, opts: Options = Options()) -> figures.
     bar.update()
     codes = equivalence.trial_codes(rows.lazy(), factors, load.codes(root, study))
     frames["seed_pairs"] = equivalence.seed_pairs(codes)
-    frames["seed_agreement"] = equivalence.seed_agreement(frames["seed_pairs"])
+    looked = adaptive_record(root, study)
+    frames["seed_agreement"] = with_stops(equivalence.seed_agreement(
+        frames["seed_pairs"], {k: v["level"] for k, v in looked.items()}), looked)
     frames["ground_truth"] = equivalence.ground_truth(codes)
     bar.update()
     if opts.higgins:
@@ -250,16 +252,50 @@ def _overview(study: str, t: figures.Tables, spec: dict | None, opts: Options) -
         ("table", intrinsic_view(t.get("intrinsic_dimension"), t.labels)), *_floor_notes(t)]
 
 
+def adaptive_record(root: str, study: str) -> dict[str, dict]:
+    """study.json's per-configuration record of a study whose seeds were added until the
+    verdict was decided (study/adaptive.py); {} for any other study."""
+    meta = load.study_spec(root, study) or {}
+    return (meta.get("adaptive") or {}).get("configs") or {}
+
+
+def with_stops(table: pl.DataFrame, looked: dict[str, dict]) -> pl.DataFrame:
+    """The seed-agreement table with each configuration's planned seeds and why it stopped
+    (an adaptive study's record), or unchanged."""
+    if not looked:
+        return table
+    stops = pl.DataFrame([{"config_key": k, "seeds_planned": v["seeds"],
+                           "stopped": v["stopped"] or "still adding seeds"}
+                          for k, v in looked.items()],
+                         schema={"config_key": pl.String, "seeds_planned": pl.Int64,
+                                 "stopped": pl.String})
+    return table.join(stops, on="config_key", how="left")
+
+
 def _agreement_view(table: pl.DataFrame, L: dict) -> pl.DataFrame:
     c = pl.col
     diff = pl.struct(m=c("diff_mean"), lo=c("diff_low"), hi=c("diff_high"), n=c("seeds"))
     show = diff.map_elements(lambda r: stats.fmt(r["m"], None if r["lo"] is None else
                                                  (r["hi"] - r["lo"]) / 2, r["n"]),
                              return_dtype=pl.String)
+    stops = [c("seeds_planned").alias("seeds planned"), c("stopped").alias("why it stopped"),
+             (c("level") * 100).round(2).cast(pl.String).add("%").alias("level")] \
+        if "stopped" in table.columns else []
     return _labelled(table, L).select(
         "configuration", "seeds", "pairs", c("procrustes_r2").alias("Procrustes R²"),
         c("permutation_r2").alias("permutation R²"), show.alias("difference"),
-        c("verdict").replace("", "— (no verdict)").alias("verdict"))
+        c("verdict").replace("", "— (no verdict)").alias("verdict"), *stops)
+
+
+_SEQUENTIAL = (
+    " This study added seeds until the verdict was decided (`seeds: {adaptive: ...}`): after "
+    "each round, an undecided configuration got the next seeds, up to its maximum. Each look "
+    "spends a share of the error one fixed look would have (Lan-DeMets spending, "
+    "analysis/sequential.py), so each configuration's intervals are at its last look's level "
+    "(the `level` column, above 95%) and P(a false verdict at any look) stays within 2.5% per "
+    "kind of verdict; the interval where a configuration stopped keeps its 95% coverage. "
+    "`seeds planned` counts the seeds it was given, `seeds` those with codes; the rule's "
+    "simulated error rates and seeds used are in docs/analysis.md.")
 
 
 def _equivalence(t: figures.Tables, opts: Options = Options()) -> list[tuple]:
@@ -278,7 +314,8 @@ def _equivalence(t: figures.Tables, opts: Options = Options()) -> list[tuple]:
               f"{agreement.MARGIN:g}, 'signed permutation' where it lies below; otherwise no "
               "verdict. Its error rates, measured on simulated codes of known truth, are in "
               "docs/analysis.md (seed agreement); each configuration gets its own verdict at "
-              "that rate, with no correction for the number of configurations."),
+              "that rate, with no correction for the number of configurations."
+              + (_SEQUENTIAL if "stopped" in t.get("seed_agreement").columns else "")),
         ("table", _agreement_view(t.get("seed_agreement"), L)),
         ("h", 3, "Against the ground-truth factors (held out)"),
         ("table", _labelled(t.get("ground_truth"), L))]

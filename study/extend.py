@@ -126,7 +126,7 @@ def grid_trials(meta: dict, old: StudySpec, new: StudySpec):
     recorded = runner.recorded(meta, trial_configs(old))
     have = {cfg.trial_id(): tid for tid, cfg in recorded}      # this code's hash -> id
     configs = trial_configs(new)
-    wanted = {c.trial_id() for c in configs}
+    wanted = {c.trial_id() for c in configs} | _grown(recorded, configs, new)
     lost = [tid for h, tid in have.items() if h not in wanted]
     if lost:
         raise UsageError(altered([c for _, c in recorded], configs, len(lost)))
@@ -135,6 +135,18 @@ def grid_trials(meta: dict, old: StudySpec, new: StudySpec):
         raise UsageError(f"extend: the new spec adds no trial to the study's {len(recorded)} "
                          "(give more seeds or grid values); `vaestudy resume` continues it as is")
     return recorded + added, added
+
+
+def _grown(recorded: list, configs: list[TrialConfig], new: StudySpec) -> set[str]:
+    """Trials an adaptive study's rounds added (seeds past `start`) that the new spec keeps:
+    their configuration is in its grid and their seed within its `max`."""
+    if new.adaptive is None:
+        return set()
+    from study.adaptive import config_key
+
+    keys = {config_key(c) for c in configs}
+    return {cfg.trial_id() for _, cfg in recorded
+            if cfg.train.seed < new.adaptive.max and config_key(cfg) in keys}
 
 
 def altered(old: list[TrialConfig], new: list[TrialConfig], n: int) -> str:

@@ -182,6 +182,12 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         if todo:
             errors = fit(spec, store, space, configs=todo, names=_names(spec, todo),
                          callbacks=[as_callback(tracker)])
+        if spec.adaptive is not None:
+            planned = len(trials)
+            trials = rounds(spec, store, trials, tracker, lease, errors, address, log,
+                            ray_up=bool(todo), packs=packs)
+            ids = [tid for tid, _ in trials]
+            todo = todo or (len(trials) > planned)        # a round ran: compact at the end
         elif scfg is not None:
             from study import optuna_run
 
@@ -203,6 +209,47 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
         if todo or copied or scfg is not None:   # a finished study's resume writes no row
             compact_finished(store, log)
     return Outcome(store, count_states(tracker.rows, ids), time.time() - t0)
+
+
+def rounds(spec: StudySpec, store: ResultStore, trials: list, tracker: StatusTracker, lease,
+           errors: dict, address: str | None, log, ray_up: bool, packs: dict) -> list:
+    """Seeds until the verdict is decided (study/adaptive.py): look at every configuration,
+    give the undecided ones the next seeds, run those, until none gets more. Returns every
+    trial. Each look is recorded in study.json; a resumed study looks again, which gives the
+    same verdicts (the same pairs, splits and levels), so it grows the same trials."""
+    from study import adaptive
+    from study.status_callback import StatusCallback
+
+    while not lease.lost:
+        tracker.write(final=False)                 # the look reads the trials' states
+        looked = adaptive.look(store, spec.adaptive, trials)
+        more = adaptive.grow(spec, trials, looked)
+        log(adaptive.summary(looked, len(more)))
+        trials = trials + more
+        meta = store.read_meta() or {}
+        todo = {tid: cfg.to_dict() for tid, cfg in more}
+        space, new_packs = _grid_space(spec, todo, log, more)
+        packs = {"packs": {**(packs.get("packs") or {}), **(new_packs.get("packs") or {})}} \
+            if packs.get("packs") or new_packs.get("packs") else {}
+        _write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
+                    adaptive=adaptive.record(meta, spec.adaptive, looked, len(more)), **packs)
+        if not more:
+            return trials
+        with tracker.lock:
+            tracker.configs.update(todo)
+            tracker.rows.update({tid: config_row(tid, cfg) for tid, cfg in todo.items()})
+            tracker.packs.update(new_packs.get("packs") or {})
+            tracker.dirty = True
+        if not ray_up:
+            tuner.start_ray(address, log)
+            spec = dataclasses.replace(spec, gpu=_gpu_share(spec, address))
+            guards.write_probe(store)
+            ray_up = True
+        if tracker.thread is None:
+            tracker.start()
+        errors.update(fit(spec, store, space, configs=todo, names=_names(spec, todo),
+                          callbacks=[StatusCallback(tracker)]))
+    return trials
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
     name: quickstart            # one path component under the results root
     seeds: [0, 1]               # one more grid axis (train.seed)
+    # or seeds until each configuration's seed-agreement verdict is decided (study/adaptive.py):
+    # seeds: {adaptive: {start: 3, step: 2, max: 15, until: [seed_agreement]}}
     noise: {kind: specified, sigma2: [0.01, 0.03]}
     resources: {cpu: 1, gpu: 0} # per trial; fractional gpu shares a card
     max_concurrent: 2
@@ -24,6 +26,7 @@ from typing import Any
 from study.inputs import UsageError, check_name
 from trainables.config import SECTIONS, ConfigError, TrialConfig, all_keys, nest
 from resultstore.uri import StoreError, check_uri
+from analysis.sequential import MAX_SEEDS, SPENDING, Schedule
 
 STUDY_KEYS = {"name", "seeds", "resources", "max_concurrent", "failure", "storage", "search",
               "num_samples", "description", "storage_shared", "pack", "reuse"}
@@ -47,6 +50,7 @@ class StudySpec:
     description: str = ""
     pack: int | str | None = None                  # members per pack (int or "auto"); None: unpacked
     reuse: tuple[str, ...] = ()                    # studies whose finished trials are copied in
+    adaptive: Schedule | None = None               # seeds added until the verdict is decided
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def axes(self) -> dict[str, list]:
@@ -74,7 +78,12 @@ class StudySpec:
         n = 1
         for v in self.axes().values():
             n *= len(v)
-        return f"{' x '.join(parts)} = {n} trial{'s' if n != 1 else ''}"
+        line = f"{' x '.join(parts)} = {n} trial{'s' if n != 1 else ''}"
+        if self.adaptive:
+            a = self.adaptive
+            line += (f" to start; then {a.step} more seeds per round to each configuration whose "
+                     f"seed-agreement verdict is undecided, up to {a.max} seeds")
+        return line
 
     def to_json(self) -> str:
         return json.dumps(self.raw, sort_keys=True, default=str)
@@ -113,7 +122,8 @@ def parse(raw: dict[str, Any], search_ok: bool = True) -> StudySpec:
         raw_seeds = trial.pop("train.seed")
     else:
         raw_seeds = raw.get("seeds", [0])
-    seeds = _int_list("seeds", raw_seeds)
+    adaptive = _adaptive(raw_seeds, raw.get("search"))
+    seeds = list(range(adaptive.start)) if adaptive else _int_list("seeds", raw_seeds)
     res = _mapping("resources", raw.get("resources", {}), {"cpu", "gpu"})
     cpu = _number("resources.cpu", res.get("cpu", 1), minimum=0.01)
     gpu = res.get("gpu")
@@ -143,7 +153,7 @@ def parse(raw: dict[str, Any], search_ok: bool = True) -> StudySpec:
                      max_concurrent=mc, max_retries=retries, storage=storage, storage_shared=shared,
                      search=search,
                      num_samples=raw.get("num_samples"), description=str(raw.get("description", "")),
-                     pack=pack, reuse=reuse, raw=raw)
+                     pack=pack, reuse=reuse, adaptive=adaptive, raw=raw)
     _check_trials(spec, allow_distributions=search is not None)
     return spec
 
@@ -203,6 +213,37 @@ def _reuse(value: Any, search: Any) -> tuple[str, ...]:
         raise UsageError("reuse: a search's trials are Optuna's suggestions; allowed: reuse "
                          "with a grid only (drop `reuse` or `search`)")
     return tuple(check_name(n, f"reuse[{i}]") for i, n in enumerate(names))
+
+
+def _adaptive(value: Any, search: Any) -> Schedule | None:
+    """`seeds: {adaptive: {start, step, max, until, spending}}` (analysis/sequential.py)."""
+    if not isinstance(value, dict):
+        return None
+    a = _mapping("seeds", value, {"adaptive"}).get("adaptive")
+    if a is None:
+        raise UsageError("seeds: got a mapping without `adaptive`; allowed: a list of seeds or "
+                         "{adaptive: {start: 3, step: 2, max: 15, until: [seed_agreement]}}")
+    a = _mapping("seeds.adaptive", a, {"start", "step", "max", "until", "spending"})
+    if search is not None:
+        raise UsageError("seeds.adaptive: a search's trials are Optuna's suggestions; allowed: "
+                         "adaptive seeds with a grid only")
+    start = _int("seeds.adaptive.start", a.get("start", 3), minimum=3)   # an interval needs 3
+    step = _int("seeds.adaptive.step", a.get("step", 2), minimum=1)
+    top = _int("seeds.adaptive.max", a.get("max", 15), minimum=start)
+    if top > MAX_SEEDS:
+        raise UsageError(f"seeds.adaptive.max: got {top}; allowed: {start} to {MAX_SEEDS} (the "
+                         f"verdict's pairs are taken among a configuration's first {MAX_SEEDS} "
+                         "seeds)")
+    until = a.get("until", ["seed_agreement"])
+    until = [until] if isinstance(until, str) else until
+    if until != ["seed_agreement"]:
+        raise UsageError(f"seeds.adaptive.until: got {a.get('until')!r}; allowed: "
+                         "[seed_agreement]")
+    spending = a.get("spending", "pocock")
+    if spending not in SPENDING:
+        raise UsageError(f"seeds.adaptive.spending: got {spending!r}; allowed: "
+                         f"{', '.join(SPENDING)}")
+    return Schedule(start, step, top, spending)
 
 
 def _mapping(key: str, value: Any, allowed: set[str]) -> dict:

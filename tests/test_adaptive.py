@@ -1,6 +1,7 @@
 """Issue 24 item 2: seeds added until the seed-agreement verdict is decided
 (analysis/sequential.py), its error rates on codes of known truth, its intervals'
 coverage where it stopped, and a real study that grows by rounds."""
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,8 @@ from analysis.sequential import ALPHA, Schedule, spent, stop_reason
 
 
 def test_spending_functions_are_their_closed_forms_and_spend_alpha_exactly():
+    from analysis import stats
+    assert ALPHA == pytest.approx((1 - stats.LEVEL) / 2)       # one fixed look's, per side
     z = norm.ppf(1 - ALPHA / 2)
     assert spent(0.25, "obf") == pytest.approx(2 - 2 * norm.cdf(z / 0.5))
     assert spent(0.25, "pocock") == pytest.approx(ALPHA * math.log(1 + (math.e - 1) / 4))
@@ -43,7 +46,8 @@ def test_adaptive_seeds_keep_the_error_rates_and_the_power(truth):
     reps = 400
     r = calibration.sequential_rates(truth, Schedule(3, 2, 9), reps, seed=1)
     print(f"{truth}: {r}")
-    assert r["sequential_wrong_bound"] <= 0.075
+    if truth != "haar":                 # a Haar rotation has no false verdict: power only
+        assert r["sequential_wrong_bound"] <= 0.075
     if truth != "unrelated":
         assert r["sequential_right"] >= r["fixed_right"] - 0.05
         assert r["mean_seeds"] < 9                        # decided configurations stop early
@@ -61,3 +65,112 @@ def test_the_interval_where_the_rule_stopped_keeps_its_coverage():
     naive, _ = calibration.coverage_at_stop(agreement.MARGIN, s, 600, seed=1, sequential=False)
     assert covered >= 0.93
     assert naive < 0.92 and naive < covered - 0.05
+
+
+# ---- the driver's rounds (study/adaptive.py) -----------------------------------------
+
+ADAPTIVE_SPEC = {"name": "grow", "seeds": {"adaptive": {"start": 3, "step": 1, "max": 4}},
+                 "dataset": {"name": "intrinsic", "n": 600, "factors": 3},
+                 "model": {"latent_dim": 6}, "noise": {"sigma2": [0.002, 0.02]},
+                 "train": {"epochs": 3, "lr": 3e-3, "batch_size": 20, "threads": 1,
+                           "device": "cpu"},
+                 "eval": {"traversals": False}, "resources": {"cpu": 1}, "max_concurrent": 2}
+
+
+def test_grow_gives_the_next_seeds_to_undecided_configurations_only():
+    from study import adaptive
+    from study.spec import parse, trial_configs
+    spec = parse({**ADAPTIVE_SPEC, "seeds": {"adaptive": {"start": 3, "step": 2, "max": 9}}})
+    trials = [(c.trial_id(), c) for c in trial_configs(spec)]
+    keys = sorted(adaptive.by_config(trials))
+    assert len(trials) == 6 and len(keys) == 2
+    looked = {keys[0]: {"seeds": 3, "verdict": agreement.ROTATION, "stopped": "decided at 3 seeds"},
+              keys[1]: {"seeds": 3, "verdict": "", "stopped": ""}}
+    new = adaptive.grow(spec, trials, looked)
+    assert sorted(c.train.seed for _, c in new) == [3, 4]
+    assert {adaptive.config_key(c) for _, c in new} == {keys[1]}
+    assert all(tid == c.trial_id() and tid not in dict(trials) for tid, c in new)
+    again = adaptive.grow(spec, trials, looked)
+    assert [t for t, _ in again] == [t for t, _ in new]          # the same trials each time
+
+
+@pytest.mark.parametrize("seeds,needle", [
+    ({"adaptive": {"start": 2}}, "seeds.adaptive.start: got 2"),
+    ({"adaptive": {"max": 21}}, "seeds.adaptive.max: got 21"),
+    ({"adaptive": {"start": 5, "max": 4}}, "seeds.adaptive.max: got 4"),
+    ({"adaptive": {"until": ["mig"]}}, "seeds.adaptive.until: got ['mig']"),
+    ({"adaptive": {"spending": "linear"}}, "seeds.adaptive.spending: got 'linear'"),
+    ({"adaptive": {"steps": 2}}, "seeds.adaptive.steps: unknown key"),
+    ({"start": 3}, "seeds.start: unknown key"),
+])
+def test_a_bad_adaptive_spec_is_one_line_naming_the_key(seeds, needle):
+    from study.inputs import UsageError
+    from study.spec import parse
+    with pytest.raises(UsageError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        parse({**ADAPTIVE_SPEC, "seeds": seeds})
+
+
+@pytest.mark.slow
+def test_a_study_adds_seeds_until_decided_and_the_report_reads_its_record(tmp_path, capsys):
+    """A real study (Ray, training, Parquet): 2 configurations start with 3 seeds; after each
+    round the undecided ones get one more, up to 4. What study.json records for each
+    configuration follows the rule, exactly its planned trials ran (each row once), the
+    report's table gives the same verdicts at the same levels, and running the spec again
+    trains nothing."""
+    import ray
+    import yaml
+
+    from analysis import load, report
+    from study.cli import main
+    spec = tmp_path / "grow.yaml"
+    spec.write_text(yaml.safe_dump(ADAPTIVE_SPEC))
+    out = tmp_path / "res"
+    try:
+        assert main(["run", str(spec), "--out", str(out), "--no-report"]) == 0
+    finally:
+        ray.shutdown()
+    log = capsys.readouterr().out
+    assert "seeds until decided:" in log
+    meta = json.loads((out / "grow" / "study.json").read_text())
+    configs = meta["adaptive"]["configs"]
+    assert len(configs) == 2 and meta["finished"]
+    s = Schedule(3, 1, 4, "pocock")
+    for key, c in configs.items():
+        assert c["stopped"] == stop_reason(c["verdict"], c["seeds"], s) != ""
+        assert c["level"] == pytest.approx(s.level(c["seeds"]))
+    rounds = meta["adaptive"]["rounds"]              # a look per round, the last adds none
+    assert rounds[-1]["added_trials"] == 0 and all(r["added_trials"] for r in rounds[:-1])
+    assert sum(r["added_trials"] for r in rounds) == sum(c["seeds"] - 3 for c in configs.values())
+    planned = sum(c["seeds"] for c in configs.values())
+    assert len(meta["trials"]) == planned
+    rows = load.trials(str(out), "grow", last=False).collect()
+    assert rows["trial_id"].n_unique() == planned
+    assert rows.group_by("trial_id", "epoch").len()["len"].max() == 1          # each row once
+    tables = report.compute_tables(str(out), "grow", report.Options(higgins=None,
+                                                                      trial_pages=False))
+    agree = tables.frames["seed_agreement"]
+    assert agree.height == 2 and agree["diff_mean"].is_not_null().all()      # pairs were scored
+    for r in agree.iter_rows(named=True):
+        c = configs[r["config_key"]]
+        assert r["level"] == pytest.approx(c["level"]) and r["verdict"] == c["verdict"]
+        assert r["seeds_planned"] == c["seeds"]
+    try:
+        assert main(["run", str(spec), "--out", str(out), "--no-report"]) == 0
+    finally:
+        ray.shutdown()
+    assert "0 to run" in capsys.readouterr().out
+    # extended by a third sigma2: the rounds' trials are kept, only the new configuration runs
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "grow" / "status").glob("*.json")}
+    assert len(before) == planned
+    try:
+        assert main(["extend", str(out / "grow"), "--set", "noise.sigma2=[0.002, 0.02, 0.05]",
+                     "--no-report"]) == 0
+    finally:
+        ray.shutdown()
+    meta = json.loads((out / "grow" / "study.json").read_text())
+    grown = meta["adaptive"]["configs"]
+    assert len(grown) == 3 and {k: grown[k] for k in configs} == configs
+    new = sum(c["seeds"] for k, c in grown.items() if k not in configs)
+    assert len(meta["trials"]) == planned + new and new >= 3
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "grow" / "status").glob("*.json")}
+    assert all(after.get(n) == t for n, t in before.items())          # none of them retrained

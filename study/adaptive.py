@@ -1,0 +1,100 @@
+"""Seeds until the verdict is decided: the driver's rounds for `seeds: {adaptive: ...}`.
+
+After each round the driver looks at every configuration's seed-agreement verdict, computed
+from the stored codes exactly as the report computes it (`analysis.equivalence`), at the
+level `analysis.sequential.Schedule` gives the look. A configuration that is still undecided
+and short of `max` gets the next look's seeds (the next seed numbers: seeds are 0..n-1, so
+the same spec always grows the same trials); the others stop. The round is recorded in
+study.json's `adaptive` record: per configuration its planned seeds, the verdict and
+interval at its last look, and why it stopped; the report reads it back.
+"""
+from __future__ import annotations
+
+import json
+
+from analysis.sequential import Schedule, stop_reason
+from study.spec import StudySpec
+from trainables.config import TrialConfig
+
+UNTIL = ("seed_agreement",)          # what a configuration's seeds may be added until
+
+
+def config_key(cfg: TrialConfig) -> str:
+    """The report's key of a trial's configuration (its config without the seed)."""
+    from analysis.load import config_key as key
+
+    return key(json.dumps(cfg.to_dict()))
+
+
+def by_config(trials: list[tuple[str, TrialConfig]]) -> dict[str, list[TrialConfig]]:
+    out: dict[str, list[TrialConfig]] = {}
+    for _, cfg in trials:
+        out.setdefault(config_key(cfg), []).append(cfg)
+    return out
+
+
+def verdicts(root: str, study: str, levels: dict[str, float]):
+    """The seed-agreement table (`equivalence.seed_agreement`) of the study's completed
+    trials, each configuration's intervals at its look's level."""
+    from analysis import equivalence, load
+
+    rows = load.counted(load.trials(root, study, last=False))
+    factors = load.factors(root, study)
+    codes = equivalence.trial_codes(rows, factors, load.codes(root, study))
+    return equivalence.seed_agreement(equivalence.seed_pairs(codes), levels)
+
+
+def look(store, schedule: Schedule, trials: list[tuple[str, TrialConfig]]) -> dict[str, dict]:
+    """Per configuration: its planned seeds, the verdict and interval at its look, and why it
+    stops ('' where it gets more seeds)."""
+    groups = by_config(trials)
+    seeds = {k: len({c.train.seed for c in cfgs}) for k, cfgs in groups.items()}
+    levels = {k: schedule.level(n) for k, n in seeds.items()}
+    table = {r["config_key"]: r for r in
+             verdicts(store.root, store.study, levels).iter_rows(named=True)}
+    out = {}
+    for key, n in seeds.items():
+        r = table.get(key) or {}
+        verdict = r.get("verdict") or ""
+        out[key] = {"seeds": n, "level": levels[key], "verdict": verdict,
+                    "diff_low": r.get("diff_low"), "diff_high": r.get("diff_high"),
+                    "stopped": stop_reason(verdict, n, schedule)}
+    return out
+
+
+def grow(spec: StudySpec, trials: list[tuple[str, TrialConfig]], looked: dict[str, dict]
+         ) -> list[tuple[str, TrialConfig]]:
+    """The next round's new trials: the next look's seeds of each configuration that goes on."""
+    new = []
+    for key, cfgs in by_config(trials).items():
+        state = looked[key]
+        if state["stopped"]:
+            continue
+        have = {c.train.seed for c in cfgs}
+        flat = cfgs[0].flat()
+        for seed in range(state["seeds"], spec.adaptive.next_seeds(state["seeds"])):
+            if seed not in have:
+                cfg = TrialConfig.from_dict({**flat, "train.seed": seed})
+                new.append((cfg.trial_id(), cfg))
+    return new
+
+
+def record(meta: dict, schedule: Schedule, looked: dict[str, dict], added: int) -> dict:
+    """study.json's `adaptive` record after a look."""
+    old = meta.get("adaptive") or {}
+    rounds = [*old.get("rounds", []),
+              {"configurations": len(looked), "added_trials": added,
+               "decided": sum(v["verdict"] != "" for v in looked.values()),
+               "at_max": sum(v["stopped"].startswith("undecided") for v in looked.values())}]
+    return {"schedule": schedule.to_dict(), "until": list(UNTIL), "rounds": rounds,
+            "configs": looked}
+
+
+def summary(looked: dict[str, dict], added: int) -> str:
+    """The line the driver prints after a look."""
+    decided = sum(v["verdict"] != "" for v in looked.values())
+    at_max = sum(v["stopped"].startswith("undecided") for v in looked.values())
+    going = len(looked) - decided - at_max
+    return (f"seeds until decided: {decided} of {len(looked)} configurations decided, "
+            f"{at_max} undecided at max; " +
+            (f"{going} get more seeds ({added} new trials)" if going else "no more seeds"))
