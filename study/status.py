@@ -56,6 +56,12 @@ def status_text(store: ResultStore, top: int = 5, now: float | None = None) -> s
     if ext := meta.get("extensions"):         # one study, grown by `vaestudy extend`
         lines.append(f"  extended {len(ext)} time{'s' if len(ext) > 1 else ''}, last at "
                      f"{ext[-1]['at']} (+{ext[-1]['trials_added']} trials)")
+    if ad := meta.get("adaptive"):           # seeds until decided (study/adaptive.py)
+        r = ad["rounds"][-1]
+        going = r["configurations"] - r["decided"] - r["at_max"]
+        lines.append(f"  seeds until decided: look {len(ad['rounds'])}: {r['decided']} of "
+                     f"{r['configurations']} configurations decided, {r['at_max']} undecided at "
+                     f"{ad['schedule']['max']} seeds, {going} given more seeds")
     for pid, members in (meta.get("packs") or {}).items():
         by = count_states(rows, members)
         lines.append(f"  pack {pid}: {len(members)} members ("

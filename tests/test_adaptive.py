@@ -74,7 +74,8 @@ ADAPTIVE_SPEC = {"name": "grow", "seeds": {"adaptive": {"start": 3, "step": 1, "
                  "model": {"latent_dim": 6}, "noise": {"sigma2": [0.002, 0.02]},
                  "train": {"epochs": 3, "lr": 3e-3, "batch_size": 20, "threads": 1,
                            "device": "cpu"},
-                 "eval": {"traversals": False}, "resources": {"cpu": 1}, "max_concurrent": 2}
+                 "eval": {"traversals": False}, "resources": {"cpu": 1}, "max_concurrent": 2,
+                 "pack": 2}
 
 
 def test_grow_gives_the_next_seeds_to_undecided_configurations_only():
@@ -159,6 +160,9 @@ def test_a_study_adds_seeds_until_decided_and_the_report_reads_its_record(tmp_pa
     finally:
         ray.shutdown()
     assert "0 to run" in capsys.readouterr().out
+    assert main(["status", str(out / "grow")]) == 0
+    assert (f"seeds until decided: look {len(rounds)}: {rounds[-1]['decided']} of 2 "
+            "configurations decided") in capsys.readouterr().out
     # extended by a third sigma2: the rounds' trials are kept, only the new configuration runs
     before = {p.name: p.stat().st_mtime_ns for p in (out / "grow" / "status").glob("*.json")}
     assert len(before) == planned
