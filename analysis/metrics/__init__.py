@@ -86,8 +86,8 @@ METRICS = {
     "betavae": Metric(compute_betavae, "render", ("betavae_train", "betavae_eval"),
                       HIGGINS_FAST, "BetaVAE (the report's fast Higgins setting)"),
     "udr_lasso": Metric(compute_udr, "seeds", ("udr_lasso",), {"correlation": "lasso"},
-                        "UDR, Lasso (disentanglement_lib's default; alpha 0.1 caps a perfect "
-                        "match at 0.9)"),
+                        "UDR, Lasso (disentanglement_lib's default; alpha 0.1: a perfect "
+                        "match scores about 0.9)"),
     "udr_spearman": Metric(compute_udr, "seeds", ("udr_spearman",),
                            {"correlation": "spearman"}, "UDR, Spearman"),
 }
