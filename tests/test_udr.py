@@ -8,6 +8,7 @@ ground-truth factors) and runs the report's command line on them.
 """
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,33 @@ def test_unused_dims_change_nothing_when_masked(correlation):
     assert udr(padded, correlation) == udr(base, correlation)
     unmasked = [seed(s["mu"]) for s in padded]       # counted as used: the score drops
     assert max(udr(unmasked, correlation)) < min(udr(base, correlation)) - 0.1
+
+
+@pytest.mark.parametrize("correlation", VARIANTS)
+def test_used_dims_only_equals_disentanglement_libs_zeroing_then_masking(correlation):
+    """disentanglement_lib standardises every dim, zeroes the inactive ones, fits R on all
+    and keeps R's active rows and columns; here R is fitted on the used dims alone."""
+    from sklearn.linear_model import Lasso
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(8)
+    z = rng.standard_normal((600, 6))
+    za, zb = z, z @ random_rotation(6, rng) * 0.5 + z * 0.5           # all dims informative
+    ua, ub = [0, 2, 3, 5], [1, 2, 4]
+    full = []
+    for x, u in ((za, ua), (zb, ub)):
+        x = (x - x.mean(0)) / x.std(0)
+        full.append(x * np.isin(np.arange(6), u))                       # inactive dims -> 0
+    if correlation == "lasso":
+        r = np.abs(Lasso(alpha=ALPHA).fit(full[0], full[1]).coef_).T
+    else:
+        with warnings.catch_warnings():                                 # constant: NaN
+            warnings.simplefilter("ignore")
+            r = np.abs([[spearmanr(full[0][:, i], full[1][:, j]).statistic for j in range(6)]
+                        for i in range(6)])
+    expect = relative_strength(r[ua][:, ub])
+    got = udr([seed(za, used=ua), seed(zb, used=ub)], correlation)[1]
+    assert got == pytest.approx(expect, abs=1e-9)
 
 
 # ---- pairs, points and reasons -------------------------------------------------------------
