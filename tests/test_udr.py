@@ -191,6 +191,8 @@ def test_udr_names_its_variant_and_has_no_interval_over_seeds():
     assert "Spearman" in METRICS["udr_spearman"].title
     with pytest.raises(ValueError, match="udr_lasso, udr_spearman.*udr = udr_lasso"):
         parse_names("udr_bogus")
+    with pytest.raises(ValueError, match="correlation 'pearson'; allowed: lasso, spearman"):
+        compute_udr([seed(np.eye(3))], None, "pearson")
     t = pl.DataFrame({"trial_id": list("abc"), "config_key": ["c"] * 3, "seed": [0, 1, 2],
                       "udr_lasso": [0.5, 0.6, 0.7], "mig": [0.2, 0.4, 0.6]})
     s = summary(t)

@@ -30,7 +30,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.linear_model import Lasso
 
-from analysis.equivalence import _arrays, _common
+from analysis.equivalence import _arrays, _common   # the seed-agreement pairs' own helpers
 
 ALPHA = 0.1             # disentanglement_lib's Lasso penalty
 MIN_POINTS = 8          # common points a pair needs, as the seed-agreement pairs
@@ -63,8 +63,6 @@ def lasso(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
 
 def similarity(za: np.ndarray, zb: np.ndarray, correlation: str) -> np.ndarray:
     """R [Ka, Kb] between the active dims of two models on the same N points."""
-    if correlation not in VARIANTS:
-        raise ValueError(f"udr: correlation {correlation!r}; allowed: {', '.join(VARIANTS)}")
     za, zb = standardise(za), standardise(zb)
     return lasso(za, zb) if correlation == "lasso" else spearman(za, zb)
 
@@ -103,6 +101,8 @@ def compute_udr(seeds: list[dict], random_state=None, correlation: str = "lasso"
     """Per seed of one configuration ({"mu": [N, H], "index": [N] evaluation point ids,
     "used_idx": its used dims}): {"udr_<correlation>": its UDR} or why it has none.
     `random_state` is unused (the fits are deterministic); it keeps the registry's signature."""
+    if correlation not in VARIANTS:
+        raise ValueError(f"udr: correlation {correlation!r}; allowed: {', '.join(VARIANTS)}")
     arrays = [_arrays(s) for s in seeds]
     return [seed_score(b, arrays[:i] + arrays[i + 1:], correlation)
             for i, b in enumerate(arrays)]
