@@ -8,7 +8,9 @@ the per-pair `mutual_info_score(y, z)` MIG as the baseline of the bincount
 contingency used here. FactorVAE and BetaVAE are timed in the report's fast setting
 with the real App. D encoder (untrained; the cost is the same) on intrinsic images.
 Storage: the codes table of one trial (mu, logvar, truth as float32 lists, zstd)
-written through the result store.
+written through the result store. UDR (`--only udr`): its cost per trial in a
+configuration of 5 seeds, and its values on independent codes per seed (the noise
+figures of docs/analysis.md), 20 draws of 5 seeds each.
 
   python bench/bench_metrics.py                 # N = 1,000 and 10,000, 3 reps
   python bench/bench_metrics.py --smoke-test    # seconds; for CI
@@ -150,11 +152,36 @@ def render_costs(H, settings):
               f"{(10_000 + 5_000) * 64 * pair:,})")
 
 
+def udr(sizes, reps, draws: int = 20):
+    from analysis.metrics.udr import VARIANTS, compute_udr
+
+    def seeds(rng, n, k, s=5):
+        return [{"mu": rng.standard_normal((n, k)), "index": np.arange(n),
+                 "used_idx": list(range(k))} for _ in range(s)]
+
+    print("\nUDR cost per trial (5 seeds of one configuration: 4 pairs a trial; s)")
+    for corr in VARIANTS:
+        for k in (4, 16):
+            cost = [timed(lambda: compute_udr(seeds(np.random.default_rng(0), n, k), None, corr),
+                          reps)[0] / 5 for n in sizes]
+            print(f"udr_{corr:<9} K={k:<3}" + "".join(f"  N={n:,}: {t:.3f}" for n, t in
+                                                     zip(sizes, cost)))
+    print(f"\nUDR on independent codes per seed ({draws} draws x 5 seeds): mean / max")
+    for corr in VARIANTS:
+        for n in (200, 1000, 5000):
+            line = f"udr_{corr:<9} N={n:<6,}"
+            for k in (2, 4, 10):
+                v = [r[f"udr_{corr}"] for d in range(draws)
+                     for r in compute_udr(seeds(np.random.default_rng(d), n, k), None, corr)]
+                line += f"  K={k}: {np.mean(v):.3f} / {np.max(v):.3f}"
+            print(line)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes, for CI")
-    p.add_argument("--only", help="comma-separated parts: codes, bias, storage, render")
+    p.add_argument("--only", help="comma-separated parts: codes, bias, storage, render, udr")
     a = p.parse_args()
     if a.smoke_test:
         sizes, H, reps, gbt, small = [200, 400], 16, 1, 0, {
@@ -162,7 +189,7 @@ def main() -> None:
             "betavae": {"num_train": 20, "num_eval": 10}}
     else:
         sizes, H, reps, gbt, small = [1000, 10000], 128, a.reps, 1000, {}
-    parts = a.only.split(",") if a.only else ["codes", "bias", "storage", "render"]
+    parts = a.only.split(",") if a.only else ["codes", "bias", "storage", "render", "udr"]
     if "codes" in parts:
         codes_costs(sizes, H, 4, reps, gbt)
     if "bias" in parts:
@@ -171,6 +198,8 @@ def main() -> None:
         storage(sizes, H if not a.smoke_test else 16, 4)
     if "render" in parts:
         render_costs(H, small)
+    if "udr" in parts:
+        udr(sizes, reps, draws=2 if a.smoke_test else 20)
     if a.smoke_test:
         print("(--smoke-test: sizes too small for the figures to mean anything)")
 

@@ -307,8 +307,9 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
     rp.add_argument("--metrics", default="default",
                     help="disentanglement metrics to compute, comma-separated: mig, dci, "
-                         "dci_gbt, sap, modularity, explicitness, factorvae, betavae, or none "
-                         "(default: mig,dci,sap,modularity); see docs/analysis.md")
+                         "dci_gbt, sap, modularity, explicitness, factorvae, betavae, udr "
+                         "(= udr_lasso), udr_spearman, or none (default: "
+                         "mig,dci,sap,modularity); see docs/analysis.md")
     rp.set_defaults(func=cmd_report)
 
     co = sub.add_parser("compact", help="merge finished trials into one sorted file per table")

@@ -1,6 +1,6 @@
 """disentanglement_lib's metric suite, one function per metric, registered by name.
 
-Two kinds, as in disentanglement_lib (`compute_x(data, representation_fn,
+Three kinds, as in disentanglement_lib (`compute_x(data, representation_fn,
 random_state, **hparams) -> dict`):
 - on stored codes, `compute_x(mu [N, H], y [N, P], random_state, **hparams)`: any trial's
   codes table (`mu`, `truth`) recomputes them, whatever its size: mig, dci_lasso, dci_gbt,
@@ -21,6 +21,7 @@ from typing import Callable
 from analysis.metrics.dci import compute_dci
 from analysis.metrics.factorvae import FAST as FACTORVAE_FAST
 from analysis.metrics.factorvae import compute_factor_vae
+from analysis.metrics.udr import compute_udr
 from analysis.higgins import FAST as HIGGINS_FAST
 from trainables.metrics import SEARCHABLE, compute_searchable, stream
 from trainables.metrics.mig import compute_mig
@@ -58,7 +59,7 @@ def _dci_columns(prefix: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Metric:
     fn: Callable[..., dict]
-    kind: str                                 # "codes" | "render"
+    kind: str                                 # "codes" | "render" | "seeds"
     columns: tuple[str, ...]
     hparams: dict = field(default_factory=dict)   # the report's setting
     title: str = ""                               # what the report calls it
@@ -84,8 +85,14 @@ METRICS = {
                         "FactorVAE (fast setting)"),
     "betavae": Metric(compute_betavae, "render", ("betavae_train", "betavae_eval"),
                       HIGGINS_FAST, "BetaVAE (the report's fast Higgins setting)"),
+    "udr_lasso": Metric(compute_udr, "seeds", ("udr_lasso",), {"correlation": "lasso"},
+                        "UDR, Lasso (disentanglement_lib's default; alpha 0.1: a perfect "
+                        "match scores about 0.9)"),
+    "udr_spearman": Metric(compute_udr, "seeds", ("udr_spearman",),
+                           {"correlation": "spearman"}, "UDR, Spearman"),
 }
-ALIASES = {"dci": "dci_lasso"}                # the name issue 16 gave the Lasso variant
+ALIASES = {"dci": "dci_lasso",                # the name issue 16 gave the Lasso variant
+           "udr": "udr_lasso"}                # disentanglement_lib's default correlation
 DEFAULT = ("mig", "dci_lasso", "sap", "modularity")
 
 
@@ -97,11 +104,12 @@ def parse_names(text: str) -> tuple[str, ...]:
     for n in names:
         if n not in METRICS:
             raise ValueError(f"--metrics: unknown metric {n!r}; allowed: "
-                             f"{', '.join(METRICS)} (comma-separated; dci = dci_lasso), or none")
+                             f"{', '.join(METRICS)} (comma-separated; dci = dci_lasso, "
+                             f"udr = udr_lasso), or none")
     return tuple(dict.fromkeys(names))
 
 
 __all__ = ["METRICS", "DEFAULT", "SEARCHABLE", "Metric", "parse_names", "compute_searchable",
            "stream", "compute_mig", "compute_dci", "compute_sap",
            "compute_modularity_explicitness", "compute_explicitness", "compute_factor_vae",
-           "compute_betavae"]
+           "compute_betavae", "compute_udr"]

@@ -1,12 +1,22 @@
 """The report's disentanglement-metrics section: per configuration, mean and 95% interval
 over seeds (Student t with n - 1 degrees of freedom; with fewer than 3 seeds, n and the
-mean only, never "± 0")."""
+mean only, never "± 0"). UDR has no interval: each seed's score is a median over pairs
+shared with the other seeds, so the seeds' scores are not independent draws."""
 from __future__ import annotations
 
 import polars as pl
 from scipy.stats import t as student_t
 
+from analysis.metrics import METRICS
 from analysis.metrics.table import COLUMNS
+
+SHARED_PAIRS = {c for m in METRICS.values() if m.kind == "seeds" for c in m.columns}
+UDR_NOTE = ("UDR (Duan et al. 2020; the column names its variant: udr_lasso, udr_spearman) "
+            "needs no ground truth: a trial's score is the median, over the other seeds of its "
+            "configuration, of how well their used codes and its own match dim for dim on "
+            "common evaluation points; a configuration's cell is the mean over its seeds with "
+            "n and no interval, as the seeds' scores share their pairs. A configuration with "
+            "one seed has none.")
 
 
 def summary(table: pl.DataFrame) -> pl.DataFrame:
@@ -20,6 +30,7 @@ def summary(table: pl.DataFrame) -> pl.DataFrame:
                 pl.col(c).count().alias(f"{c}_n")]
     out = table.group_by("config_key").agg(agg).sort("config_key")
     return out.with_columns(
+        pl.lit(None, pl.Float64).alias(f"{c}_ci95") if c in SHARED_PAIRS else
         (pl.col(f"{c}_sd") / pl.col(f"{c}_n").sqrt()
          * pl.col(f"{c}_n").map_elements(_t975, return_dtype=pl.Float64))
         .alias(f"{c}_ci95") for c in present)
@@ -48,8 +59,6 @@ def metrics_section(table: pl.DataFrame | None, labels: dict[str, str],
                     costs: list[str] | None = None) -> list[tuple]:
     """Report blocks: heading, what the scores are, the per-configuration table, and why some
     trials have none."""
-    from analysis.metrics import METRICS
-
     if table is None:
         return []
     shown = [m.title for m in METRICS.values()
@@ -62,6 +71,8 @@ def metrics_section(table: pl.DataFrame | None, labels: dict[str, str],
                  "10,000/5,000 batches. Where the Lasso DCI predicts no factor above chance, "
                  "its disentanglement and completeness are empty (nothing to attribute). "
                  "Choices per metric: docs/analysis.md. Per trial: analysis/metrics.parquet.")]
+    if any(c in table.columns and table[c].is_not_null().any() for c in SHARED_PAIRS):
+        out.append(("p", UDR_NOTE))
     if table.is_empty():
         return out + [("p", "No trial with stored codes yet.")]
     out.append(("table", view(summary(table), labels)))

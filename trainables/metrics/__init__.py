@@ -17,7 +17,7 @@ from trainables.metrics.sap import compute_sap
 # leaves the others' values unchanged. The numbers are the registry order at issue 16; new
 # metrics take new numbers, never an old one.
 STREAM = {"mig": 0, "dci_lasso": 1, "dci_gbt": 2, "sap": 3, "modularity": 4, "explicitness": 5,
-          "factorvae": 6, "betavae": 7}
+          "factorvae": 6, "betavae": 7, "udr_lasso": 8, "udr_spearman": 9}
 SEARCHABLE = {"mig": (compute_mig, {}), "sap": (compute_sap, {}),
               "modularity": (compute_modularity_explicitness, {"explicit": False})}
 
