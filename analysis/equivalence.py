@@ -64,13 +64,13 @@ def _matrix(lists: list) -> np.ndarray:
 MAX_SEEDS = 20          # seed pairs per configuration: among its first 20 seeds (190 pairs)
 
 
-def _arrays(row: dict) -> dict:
+def code_arrays(row: dict) -> dict:
     """A trial's codes as arrays, converted once for all its pairs."""
     return {**row, "mu": np.asarray(row["mu"], dtype=np.float64),
             "index": np.asarray(row["index"])}
 
 
-def _common(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
+def common_codes(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
     """Used-factor means of two trials on the evaluation points both hold ([M, Ka], [M, Kb])."""
     _, ia, ib = np.intersect1d(a["index"], b["index"], assume_unique=True, return_indices=True)
     order = np.argsort(ia)                         # in a's point order
@@ -92,10 +92,10 @@ def seed_pairs(per_trial: pl.DataFrame, seed: int = 0, max_seeds: int = MAX_SEED
     for (key,), group in per_trial.group_by("config_key", maintain_order=True):
         first = sorted(set(group["seed"].to_list()))[:max_seeds]
         group = group.filter(pl.col("seed").is_in(first))
-        for a, b in combinations([_arrays(r) for r in group.iter_rows(named=True)], 2):
+        for a, b in combinations([code_arrays(r) for r in group.iter_rows(named=True)], 2):
             if a["seed"] == b["seed"]:
                 continue
-            za, zb = _common(a, b)
+            za, zb = common_codes(a, b)
             ok = za.shape[1] > 0 and zb.shape[1] > 0 and len(za) >= 8
             scores = agreement.pair_statistic(za, zb, pair_rng(seed, key, a["seed"], b["seed"])) \
                 if ok else {}

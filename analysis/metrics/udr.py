@@ -30,7 +30,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.linear_model import Lasso
 
-from analysis.equivalence import _arrays, _common   # the seed-agreement pairs' own helpers
+from analysis.equivalence import code_arrays, common_codes   # as the seed-agreement pairs
 
 ALPHA = 0.1             # disentanglement_lib's Lasso penalty
 MIN_POINTS = 8          # common points a pair needs, as the seed-agreement pairs
@@ -91,7 +91,7 @@ def seed_score(b: dict, others: list[dict], correlation: str) -> dict | str:
         return "no other seed of its configuration"
     if not b["used_idx"]:
         return "no used factor (mi above eval.used_threshold)"
-    pairs = [p for a in others if (p := pair_score(*_common(a, b), correlation)) is not None]
+    pairs = [p for a in others if (p := pair_score(*common_codes(a, b), correlation)) is not None]
     if not pairs:
         return "no other seed of its configuration with used factors on common points"
     return {f"udr_{correlation}": float(np.median(pairs))}
@@ -103,6 +103,6 @@ def compute_udr(seeds: list[dict], random_state=None, correlation: str = "lasso"
     `random_state` is unused (the fits are deterministic); it keeps the registry's signature."""
     if correlation not in VARIANTS:
         raise ValueError(f"udr: correlation {correlation!r}; allowed: {', '.join(VARIANTS)}")
-    arrays = [_arrays(s) for s in seeds]
+    arrays = [code_arrays(s) for s in seeds]
     return [seed_score(b, arrays[:i] + arrays[i + 1:], correlation)
             for i, b in enumerate(arrays)]
