@@ -184,7 +184,7 @@ def test_same_inputs_same_numbers_whatever_the_seed_order(correlation):
     assert udr(seeds[::-1], correlation) == pytest.approx(first[::-1], abs=1e-12)
 
 
-def test_udr_names_its_variant_and_has_no_interval_over_seeds():
+def test_udr_names_its_variant_and_its_interval_is_the_jackknifes():
     assert parse_names("udr") == ("udr_lasso",)
     assert parse_names("udr,udr_spearman") == ("udr_lasso", "udr_spearman")
     assert "Lasso" in METRICS["udr_lasso"].title
@@ -194,10 +194,41 @@ def test_udr_names_its_variant_and_has_no_interval_over_seeds():
     with pytest.raises(ValueError, match="correlation 'pearson'; allowed: lasso, spearman"):
         compute_udr([seed(np.eye(3))], None, "pearson")
     t = pl.DataFrame({"trial_id": list("abc"), "config_key": ["c"] * 3, "seed": [0, 1, 2],
-                      "udr_lasso": [0.5, 0.6, 0.7], "mig": [0.2, 0.4, 0.6]})
+                      "udr_lasso": [0.5, 0.6, 0.7], "udr_lasso_config_ci95": [0.21] * 3,
+                      "mig": [0.2, 0.4, 0.6]})
     s = summary(t)
-    assert s["udr_lasso_ci95"][0] is None and s["mig_ci95"][0] is not None
-    assert view(s, {})["udr_lasso"].to_list() == ["0.6 (n=3)"]
+    assert s["udr_lasso_ci95"][0] == 0.21                     # the configuration's jackknife
+    assert "udr_lasso_config_ci95_mean" not in s.columns       # not a score of its own
+    assert s["mig_ci95"][0] is not None
+    assert view(s, {})["udr_lasso"].to_list() == ["0.6 ± 0.21"]
+
+
+def test_the_configuration_interval_is_the_leave_one_seed_out_jackknife():
+    """Closed forms on pair matrices: equal pairs give a zero-width interval at their value;
+    below 3 scored seeds no interval; and where seeds share a strong effect through their
+    pairs (S[a, b] = u_a + u_b + small noise) the jackknife is wider than a t-interval over
+    the seeds' scores, which treats them as independent."""
+    from scipy.stats import t as student_t
+
+    from analysis.metrics.udr import config_interval
+    flat = np.full((4, 4), 0.7)
+    np.fill_diagonal(flat, np.nan)
+    assert config_interval(flat) == pytest.approx((0.7, 0.0, 4))
+    two = flat[:2, :2]
+    m, half, n = config_interval(two)
+    assert (m, n) == (pytest.approx(0.7), 2) and np.isnan(half)
+    rng = np.random.default_rng(3)
+    wider = 0
+    for _ in range(50):
+        u = rng.standard_normal(6)
+        pairs = u[:, None] + u[None, :] + 0.1 * rng.standard_normal((6, 6))
+        np.fill_diagonal(pairs, np.nan)
+        m, half, n = config_interval(pairs)
+        scores = np.nanmedian(pairs, axis=0)
+        naive = student_t.ppf(0.975, 5) * scores.std(ddof=1) / np.sqrt(6)
+        assert m == pytest.approx(scores.mean()) and n == 6
+        wider += half > naive
+    assert wider >= 45
 
 
 # ---- through the report, on MNIST (no ground truth) -----------------------------------------

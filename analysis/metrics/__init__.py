@@ -85,10 +85,10 @@ METRICS = {
                         "FactorVAE (fast setting)"),
     "betavae": Metric(compute_betavae, "render", ("betavae_train", "betavae_eval"),
                       HIGGINS_FAST, "BetaVAE (the report's fast Higgins setting)"),
-    "udr_lasso": Metric(compute_udr, "seeds", ("udr_lasso",), {"correlation": "lasso"},
+    "udr_lasso": Metric(compute_udr, "seeds", ("udr_lasso", "udr_lasso_config_ci95"), {"correlation": "lasso"},
                         "UDR, Lasso (disentanglement_lib's default; alpha 0.1: a perfect "
                         "match scores about 0.9)"),
-    "udr_spearman": Metric(compute_udr, "seeds", ("udr_spearman",),
+    "udr_spearman": Metric(compute_udr, "seeds", ("udr_spearman", "udr_spearman_config_ci95"),
                            {"correlation": "spearman"}, "UDR, Spearman"),
 }
 ALIASES = {"dci": "dci_lasso",                # the name issue 16 gave the Lasso variant

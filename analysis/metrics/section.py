@@ -1,7 +1,8 @@
 """The report's disentanglement-metrics section: per configuration, mean and 95% interval
 over seeds (Student t with n - 1 degrees of freedom; with fewer than 3 seeds, n and the
-mean only, never "± 0"). UDR has no interval: each seed's score is a median over pairs
-shared with the other seeds, so the seeds' scores are not independent draws."""
+mean only, never "± 0"). UDR's seeds share their pairs, so its interval is not the t-interval
+over seeds but the leave-one-seed-out jackknife's (`analysis.metrics.udr.config_interval`),
+stored beside each trial's score as `udr_<variant>_config_ci95`."""
 from __future__ import annotations
 
 import polars as pl
@@ -10,27 +11,33 @@ from scipy.stats import t as student_t
 from analysis.metrics import METRICS
 from analysis.metrics.table import COLUMNS
 
-SHARED_PAIRS = {c for m in METRICS.values() if m.kind == "seeds" for c in m.columns}
+CONFIG_CI = "_config_ci95"      # a column holding a configuration's interval, not a score
+SHARED_PAIRS = {c for m in METRICS.values() if m.kind == "seeds" for c in m.columns
+                if not c.endswith(CONFIG_CI)}
 UDR_NOTE = ("UDR (Duan et al. 2020; the column names its variant: udr_lasso, udr_spearman) "
             "needs no ground truth: a trial's score is the median, over the other seeds of its "
             "configuration, of how well their used codes and its own match dim for dim on "
-            "common evaluation points; a configuration's cell is the mean over its seeds with "
-            "n and no interval, as the seeds' scores share their pairs. A configuration with "
-            "one seed has none.")
+            "common evaluation points; a configuration's cell is the mean over its seeds with a "
+            "95% interval from the leave-one-seed-out jackknife (Student's t, seeds - 1 "
+            "degrees of freedom), as the seeds' scores share their pairs; below 3 seeds, the "
+            "mean and n. A configuration with one seed has none.")
 
 
 def summary(table: pl.DataFrame) -> pl.DataFrame:
     """Per config_key: seeds, and per score its mean, sd and t-interval half-width."""
-    present = [c for c in COLUMNS if c in table.columns and table[c].is_not_null().any()]
+    present = [c for c in COLUMNS if c in table.columns and table[c].is_not_null().any()
+               and not c.endswith(CONFIG_CI)]
     if table.is_empty() or not present:
         return pl.DataFrame({"config_key": []}, schema={"config_key": pl.String})
     agg = [pl.col("seed").n_unique().alias("seeds")]
     for c in present:
         agg += [pl.col(c).mean().alias(f"{c}_mean"), pl.col(c).std().alias(f"{c}_sd"),
                 pl.col(c).count().alias(f"{c}_n")]
+        if c in SHARED_PAIRS:
+            agg.append(pl.col(c + CONFIG_CI).drop_nulls().first().alias(f"{c}_jackknife"))
     out = table.group_by("config_key").agg(agg).sort("config_key")
     return out.with_columns(
-        pl.lit(None, pl.Float64).alias(f"{c}_ci95") if c in SHARED_PAIRS else
+        pl.col(f"{c}_jackknife").alias(f"{c}_ci95") if c in SHARED_PAIRS else
         (pl.col(f"{c}_sd") / pl.col(f"{c}_n").sqrt()
          * pl.col(f"{c}_n").map_elements(_t975, return_dtype=pl.Float64))
         .alias(f"{c}_ci95") for c in present)

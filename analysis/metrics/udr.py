@@ -22,9 +22,14 @@ What differs here (docs/analysis.md):
 - models compared: the other seeds of the trial's configuration (the paper's UDR), never the
   whole study (its UDR_A2A);
 - a pair where either trial has no used dim is left out of the median (disentanglement_lib
-  fails on an empty mask); a trial with no pair left has no score, and says why.
+  fails on an empty mask); a trial with no pair left has no score, and says why;
+- per configuration (disentanglement_lib has no such summary): the mean over its seeds,
+  with a 95% interval over seeds from the leave-one-seed-out jackknife (`config_interval`):
+  the seeds' scores share their pairs, so a t-interval over them would be too narrow.
 """
 from __future__ import annotations
+
+from itertools import permutations
 
 import numpy as np
 from scipy.stats import rankdata
@@ -84,25 +89,84 @@ def pair_score(za: np.ndarray, zb: np.ndarray, correlation: str) -> float | None
     return relative_strength(similarity(za, zb, correlation))
 
 
-def seed_score(b: dict, others: list[dict], correlation: str) -> dict | str:
+def pair_matrix(arrays: list[dict], correlation: str) -> np.ndarray:
+    """S [s, s]: S[a, b] the score of the ordered pair (a, b) (Lasso predicting b's codes
+    from a's), NaN on the diagonal and where a pair has no score."""
+    s = len(arrays)
+    out = np.full((s, s), np.nan)
+    for a, b in permutations(range(s), 2):
+        if arrays[a]["used_idx"] and arrays[b]["used_idx"]:
+            score = pair_score(*common_codes(arrays[a], arrays[b]), correlation)
+            out[a, b] = np.nan if score is None else score
+    return out
+
+
+def seed_udr(pairs: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Each kept seed's UDR among the kept seeds: the median of its column's pairs (NaN where
+    it has none). pairs [s, s], keep [s] bool."""
+    sub = pairs[np.ix_(keep, keep)]
+    out = np.full(sub.shape[1], np.nan)
+    has = np.isfinite(sub).any(axis=0)
+    out[has] = np.nanmedian(sub[:, has], axis=0)
+    return out
+
+
+def config_interval(pairs: np.ndarray, level: float = 0.95) -> tuple[float, float, int]:
+    """(mean UDR over the configuration's seeds, half-width of its interval, seeds scored).
+    The seeds' scores share their pairs, so they are not independent draws: the interval
+    is Student's t with s - 1 degrees of freedom on the leave-one-seed-out jackknife standard
+    error (the seed-agreement intervals' rule, `stats.pair_interval`); NaN half-width below
+    3 scored seeds."""
+    from scipy.stats import t as student_t
+
+    every = np.ones(len(pairs), dtype=bool)
+    scores = seed_udr(pairs, every)
+    scored = np.flatnonzero(np.isfinite(scores))
+    n = len(scored)
+    mean = float(np.nanmean(scores)) if n else float("nan")
+    if n < 3:
+        return mean, float("nan"), n
+    loo = []
+    for i in scored:
+        keep = every.copy()
+        keep[i] = False
+        rest = seed_udr(pairs, keep)
+        loo.append(np.nanmean(rest) if np.isfinite(rest).any() else np.nan)
+    loo = np.asarray(loo)
+    if not np.isfinite(loo).all():
+        return mean, float("nan"), n
+    se = np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum())
+    return mean, float(student_t.ppf(0.5 + level / 2, n - 1) * se), n
+
+
+def seed_score(b: int, arrays: list[dict], pairs: np.ndarray, correlation: str) -> dict | str:
     """Seed b's UDR: the median of the scores of the pairs (a, b) over the other seeds a
     (Lasso predicting b's codes from a's, as disentanglement_lib's model score), or why not."""
-    if not others:
+    if len(arrays) < 2:
         return "no other seed of its configuration"
-    if not b["used_idx"]:
+    if not arrays[b]["used_idx"]:
         return "no used factor (mi above eval.used_threshold)"
-    pairs = [p for a in others if (p := pair_score(*common_codes(a, b), correlation)) is not None]
-    if not pairs:
+    column = pairs[:, b]
+    if not np.isfinite(column).any():
         return "no other seed of its configuration with used factors on common points"
-    return {f"udr_{correlation}": float(np.median(pairs))}
+    return {f"udr_{correlation}": float(np.nanmedian(column))}
 
 
 def compute_udr(seeds: list[dict], random_state=None, correlation: str = "lasso") -> list:
     """Per seed of one configuration ({"mu": [N, H], "index": [N] evaluation point ids,
-    "used_idx": its used dims}): {"udr_<correlation>": its UDR} or why it has none.
-    `random_state` is unused (the fits are deterministic); it keeps the registry's signature."""
+    "used_idx": its used dims}): {"udr_<correlation>": its UDR,
+    "udr_<correlation>_config_ci95": the configuration's interval half-width
+    (`config_interval`)} or why it has none. `random_state` is unused (the fits are
+    deterministic); it keeps the registry's signature."""
     if correlation not in VARIANTS:
         raise ValueError(f"udr: correlation {correlation!r}; allowed: {', '.join(VARIANTS)}")
     arrays = [code_arrays(s) for s in seeds]
-    return [seed_score(b, arrays[:i] + arrays[i + 1:], correlation)
-            for i, b in enumerate(arrays)]
+    pairs = pair_matrix(arrays, correlation)
+    _, half, _ = config_interval(pairs)
+    out = []
+    for b in range(len(arrays)):
+        got = seed_score(b, arrays, pairs, correlation)
+        if isinstance(got, dict):
+            got[f"udr_{correlation}_config_ci95"] = None if np.isnan(half) else half
+        out.append(got)
+    return out
