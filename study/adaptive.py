@@ -34,26 +34,39 @@ def by_config(trials: list[tuple[str, TrialConfig]]) -> dict[str, list[TrialConf
 
 
 def verdicts(root: str, study: str, levels: dict[str, float]):
-    """The seed-agreement table (`equivalence.seed_agreement`) of the study's completed
-    trials, each configuration's intervals at its look's level."""
+    """The seed-agreement table (`equivalence.seed_agreement`) of the configurations in
+    `levels` (their completed trials), each one's intervals at its look's level."""
+    import polars as pl
+
     from analysis import equivalence, load
 
-    rows = load.counted(load.trials(root, study, last=False))
+    rows = load.counted(load.trials(root, study, last=False)).filter(
+        pl.col("config_key").is_in(list(levels)))
     factors = load.factors(root, study)
     codes = equivalence.trial_codes(rows, factors, load.codes(root, study))
     return equivalence.seed_agreement(equivalence.seed_pairs(codes), levels)
 
 
-def look(store, schedule: Schedule, trials: list[tuple[str, TrialConfig]]) -> dict[str, dict]:
+def look(store, schedule: Schedule, trials: list[tuple[str, TrialConfig]],
+         before: dict[str, dict] | None = None) -> dict[str, dict]:
     """Per configuration: its planned seeds, the verdict and interval at its look, and why it
-    stops ('' where it gets more seeds)."""
+    stops ('' where it gets more seeds). `before`: the last look's record; a configuration
+    that stopped there with the same seeds keeps its entry (a look is deterministic), so a
+    round scores only the configurations still going."""
+    before = before or {}
     groups = by_config(trials)
     seeds = {k: len({c.train.seed for c in cfgs}) for k, cfgs in groups.items()}
-    levels = {k: schedule.level(n) for k, n in seeds.items()}
+    kept = {k: before[k] for k, n in seeds.items()
+            if k in before and before[k]["stopped"] and before[k]["seeds"] == n
+            and before[k]["level"] == schedule.level(n)}
+    levels = {k: schedule.level(n) for k, n in seeds.items() if k not in kept}
     table = {r["config_key"]: r for r in
-             verdicts(store.root, store.study, levels).iter_rows(named=True)}
+             verdicts(store.root, store.study, levels).iter_rows(named=True)} if levels else {}
     out = {}
     for key, n in seeds.items():
+        if key in kept:
+            out[key] = kept[key]
+            continue
         r = table.get(key) or {}
         verdict = r.get("verdict") or ""
         out[key] = {"seeds": n, "level": levels[key], "verdict": verdict,

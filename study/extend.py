@@ -83,6 +83,11 @@ def prepare(study: str, spec_file: str | None, sets: dict, others: list[str] | N
     old = parse(meta["spec"])
     new = parse(_new_raw(meta["spec"], spec_file, sets, others, name, root))
     reuse.check(new, store)
+    if old.adaptive != new.adaptive:
+        raise UsageError(f"seeds: an extension keeps how seeds are chosen (here "
+                         f"{_seeds_text(old)}); a changed schedule would change the levels of "
+                         "looks already taken and void their error bound; for another, start a "
+                         "new study (`reuse:` this one there)")
     if (old.search is None) != (new.search is None):
         raise UsageError("search: an extension keeps the study's kind (a grid stays a grid, a "
                          "search a search); for the other, start a new study")
@@ -135,6 +140,12 @@ def grid_trials(meta: dict, old: StudySpec, new: StudySpec):
         raise UsageError(f"extend: the new spec adds no trial to the study's {len(recorded)} "
                          "(give more seeds or grid values); `vaestudy resume` continues it as is")
     return recorded + added, added
+
+
+def _seeds_text(spec: StudySpec) -> str:
+    a = spec.adaptive
+    return (f"adaptive: start {a.start}, step {a.step}, max {a.max}, {a.spending} spending"
+            if a else "a fixed list")
 
 
 def _grown(recorded: list, configs: list[TrialConfig], new: StudySpec) -> set[str]:

@@ -222,11 +222,12 @@ def rounds(spec: StudySpec, store: ResultStore, trials: list, tracker: StatusTra
 
     while not lease.lost:
         tracker.write(final=False)                 # the look reads the trials' states
-        looked = adaptive.look(store, spec.adaptive, trials)
+        meta = store.read_meta() or {}
+        looked = adaptive.look(store, spec.adaptive, trials,
+                               (meta.get("adaptive") or {}).get("configs"))
         more = adaptive.grow(spec, trials, looked)
         log(adaptive.summary(looked, len(more)))
         trials = trials + more
-        meta = store.read_meta() or {}
         todo = {tid: cfg.to_dict() for tid, cfg in more}
         space, new_packs = _grid_space(spec, todo, log, more)
         packs = {"packs": {**(packs.get("packs") or {}), **(new_packs.get("packs") or {})}} \

@@ -171,6 +171,10 @@ def test_a_study_adds_seeds_until_decided_and_the_report_reads_its_record(tmp_pa
                      "--no-report"]) == 0
     finally:
         ray.shutdown()
+    refused = main(["extend", str(out / "grow"), "--set", "seeds.adaptive.max=5",
+                    "--no-report"])
+    assert refused == 2 and "seeds: an extension keeps how seeds are chosen" in \
+        capsys.readouterr().err
     meta = json.loads((out / "grow" / "study.json").read_text())
     grown = meta["adaptive"]["configs"]
     assert len(grown) == 3 and {k: grown[k] for k in configs} == configs
