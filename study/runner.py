@@ -165,7 +165,9 @@ def run(spec: StudySpec, root: str, address: str | None = None, resume: bool = F
                 + f"{len(todo) - len(found)} to run")
         copied = reuse.copy_in(store, found, rows, todo, log)
         space, packs = _grid_space(spec, todo, log, trials,
-                                   apart=grow.added if grow else frozenset())
+                                   apart=grow.added if grow else frozenset(),
+                                   recorded=(grow.meta if grow else store.read_meta() or {})
+                                   .get("packs") if spec.pack else None)
         if todo or scfg is not None:
             tuner.start_ray(address, log)
             spec = dataclasses.replace(spec, gpu=_gpu_share(spec, address))
@@ -366,10 +368,13 @@ def _write_meta(store: ResultStore, *args, **kw) -> None:
 
 
 def _grid_space(spec: StudySpec, todo: dict[str, dict], log=print,
-                trials: list | None = None, apart: set[str] = frozenset()) -> tuple[dict, dict]:
+                trials: list | None = None, apart: set[str] = frozenset(),
+                recorded: dict[str, list[str]] | None = None) -> tuple[dict, dict]:
     """Tune's grid: the ids of the trials to run, or their packs ({"id", "members"});
     when packed, also {"packs": {pack id: member ids}} for study.json and the tracker.
-    `apart`: trials an extension added, packed among themselves, not with the old ones."""
+    `apart`: trials an extension added, packed among themselves, not with the old ones.
+    `recorded`: study.json's packs; a trial an earlier run packed stays in its pack, under
+    its name (a grown study's resume would otherwise cut the grid anew)."""
     if not todo:                                  # nothing for Tune: ray.tune stays unimported
         return {}, {}
     from ray import tune
@@ -379,11 +384,20 @@ def _grid_space(spec: StudySpec, todo: dict[str, dict], log=print,
     from study import packing
 
     grid = trials or [(tid, TrialConfig.from_dict(c)) for tid, c in todo.items()]
+    configs = dict(grid)
+    kept = [{"id": pid, "members": [{"id": m, "config": configs[m].to_dict()}
+                                    for m in members if m in todo and m in configs]}
+            for pid, members in (recorded or {}).items()]
+    kept = [e for e in kept if e["members"]]
+    packed = {m for members in (recorded or {}).values() for m in members}
+    grid = [t for t in grid if t[0] not in packed]
     groups = ([t for t in grid if t[0] not in apart], [t for t in grid if t[0] in apart])
     parts = [p for group in groups if group                  # the whole grid: stable packs,
              for p in packing.partition(group, spec.pack)]   # an extension's new trials apart
-    entries = packing.pack_space(parts, set(todo))
-    log(f"packed: {packing.describe(parts)}; {len(entries)} with trials to run")
+    entries = kept + packing.pack_space(parts, set(todo))
+    log(f"packed: {packing.describe(parts)}"
+        + (f" and {len(kept)} packs of earlier runs" if kept else "")
+        + f"; {len(entries)} with trials to run")
     return ({"trial": tune.grid_search(entries)},
             {"packs": {e["id"]: [m["id"] for m in e["members"]] for e in entries}})
 

@@ -84,3 +84,24 @@ def test_a_resumed_study_keeps_its_packs_and_their_names():
     assert set(packs["packs"]) < set(first)                  # the first pack has nothing left
     for pid, members in packs["packs"].items():
         assert members == [t for t in first[pid] if t in todo]
+
+
+def test_a_grown_study_resumes_its_recorded_packs_and_packs_only_the_rest_anew():
+    """After an extension (or a round of adaptive seeds) the grid differs from the one the
+    packs were cut from: a resume keeps each recorded pack's unfinished members under its
+    name, and packs only trials no run packed before (the gap issue 24 item 1 left)."""
+    from study.runner import _grid_space
+
+    spec = parse({**BASE, "pack": 4, "noise": {"sigma2": [0.01, 0.1, 0.2, 0.3, 0.4]}})
+    trials = _trials(spec)                                  # 10 trials
+    ids = [t for t, _ in trials]
+    recorded = {"pA": ids[0:3], "pB": [ids[5], ids[3]]}     # as earlier runs recorded them
+    todo = {tid: c.to_dict() for tid, c in trials if tid not in (ids[0], ids[5])}
+    _, packs = _grid_space(spec, todo, lambda s: None, trials, recorded=recorded)
+    got = packs["packs"]
+    assert got["pA"] == ids[1:3] and got["pB"] == [ids[3]]   # their unfinished members
+    rest = [m for pid, members in got.items() if pid not in recorded for m in members]
+    assert sorted(rest) == sorted(ids[4:5] + ids[6:])        # the never-packed, packed anew
+    assert all(len(m) <= 4 for m in got.values())
+    again = _grid_space(spec, todo, lambda s: None, trials, recorded=recorded)[1]
+    assert again == packs                                    # the same on every resume
