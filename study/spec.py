@@ -21,12 +21,14 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from study.inputs import UsageError, check_name
 from trainables.config import SECTIONS, ConfigError, TrialConfig, all_keys, nest
 from resultstore.uri import StoreError, check_uri
-from analysis.sequential import MAX_SEEDS, SPENDING, Schedule
+
+if TYPE_CHECKING:
+    from analysis.sequential import Schedule
 
 STUDY_KEYS = {"name", "seeds", "resources", "max_concurrent", "failure", "storage", "search",
               "num_samples", "description", "storage_shared", "pack", "reuse"}
@@ -219,6 +221,7 @@ def _adaptive(value: Any, search: Any) -> Schedule | None:
     """`seeds: {adaptive: {start, step, max, until, spending}}` (analysis/sequential.py)."""
     if not isinstance(value, dict):
         return None
+    from analysis.sequential import MAX_SEEDS, SPENDING, Schedule   # only for such a spec
     a = _mapping("seeds", value, {"adaptive"}).get("adaptive")
     if a is None:
         raise UsageError("seeds: got a mapping without `adaptive`; allowed: a list of seeds or "
