@@ -242,7 +242,7 @@ def _adaptive(value: Any, search: Any) -> Schedule | None:
     if until != ["seed_agreement"]:
         raise UsageError(f"seeds.adaptive.until: got {a.get('until')!r}; allowed: "
                          "[seed_agreement]")
-    spending = a.get("spending", "pocock")
+    spending = a.get("spending", "obf")
     if spending not in SPENDING:
         raise UsageError(f"seeds.adaptive.spending: got {spending!r}; allowed: "
                          f"{', '.join(SPENDING)}")
