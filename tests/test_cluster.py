@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 
 from resultstore.store import ResultStore
+from study.raypatch import LOOPBACK_ONLY
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
@@ -44,6 +45,9 @@ class Cluster:
         # token auth on, the token only in this test's HOME, and never the outward address
         self.env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token",
                     "RAY_AIR_NEW_OUTPUT": "0"}
+        # a study run in this test process before (a private local Ray) leaves the flag
+        # that keeps Ray single-node in os.environ; nodes that inherit it never join
+        self.env.pop(LOOPBACK_ONLY, None)
         self.nodes: dict[str, subprocess.Popen] = {}
 
     def start_node(self, name: str, head: bool, cpus: int = 1) -> None:
