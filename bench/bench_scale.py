@@ -536,6 +536,8 @@ def main() -> None:
     p.add_argument("--skip", default="", help="comma list of: local,s3,tune,data,checkpoint,callbacks,callbacks-s3,resume,"
                         "resume-today")
     p.add_argument("--skip-old-tables", action="store_true")
+    p.add_argument("--base", default=BASE, help=f"'today's' commit (default {BASE}; "
+                   "d2190cc: main before the results layer, issue 20)")
     p.add_argument("--keep", action="store_true", help="keep the temp folder")
     p.add_argument("--smoke-test", action="store_true")
     a = p.parse_args()
@@ -547,7 +549,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     tab = Table()
     try:
-        base = base_tree(tmp)
+        base = base_tree(tmp, a.base)
         skip = set(a.skip.split(","))
         for name, fn in (("checkpoint", checkpoint_section), ("local", local_section),
                          ("s3", s3_section), ("data", data_section), ("tune", tune_section),
