@@ -184,7 +184,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     root, name = split_study_path(args.study)
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
-    if not store.listdir(store.path("status")) and not store.exists(store.path("study.json")):
+    # one HEAD (or a one-key listing), not a listing of every trial's status file: on S3 that
+    # is a page per 1,000 trials to parse
+    if not store.exists(store.path("study.json")) and not store.exists(store.path("status")):
         raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
     print(status_text(store))
     return 0
@@ -197,7 +199,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
     root, name = split_study_path(args.study)
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
-    if not store.listdir(store.path("status")) and not store.exists(store.path("study.json")):
+    # one HEAD (or a one-key listing), not a listing of every trial's status file: on S3 that
+    # is a page per 1,000 trials to parse
+    if not store.exists(store.path("study.json")) and not store.exists(store.path("status")):
         raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
     from study.runner import hold
 
@@ -222,7 +226,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     root, name = split_study_path(args.study)
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
-    if not store.listdir(store.path("status")) and not store.exists(store.path("study.json")):
+    # one HEAD (or a one-key listing), not a listing of every trial's status file: on S3 that
+    # is a page per 1,000 trials to parse
+    if not store.exists(store.path("study.json")) and not store.exists(store.path("status")):
         raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
     if args.repair:
         with hold(store, log=lambda line: None):

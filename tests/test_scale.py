@@ -217,3 +217,17 @@ def test_compact_command_merges_a_study_and_refuses_a_non_study(tmp_path, capsys
     assert "nothing to compact" in capsys.readouterr().out
     assert main(["compact", str(tmp_path / "nope")]) == 2
     assert "not a study folder" in capsys.readouterr().err
+
+
+def test_status_needs_a_study_json_or_status_files_and_lists_neither_whole(tmp_path, capsys):
+    """`vaestudy status` tells a study folder by one HEAD of study.json or a one-key look
+    at status/ (not a listing of every trial's status file: a page per 1,000 on S3)."""
+    from study.cli import main
+
+    store, _ = study(tmp_path, ["completed"] * 3)
+    assert main(["status", str(tmp_path / "s")]) == 0
+    assert "completed: 3" in capsys.readouterr().out
+    store.delete(store.path("study.json"))                 # a `vaestudy train` folder
+    assert main(["status", str(tmp_path / "s")]) == 0
+    assert main(["status", str(tmp_path / "nope")]) == 2
+    assert "not a study folder" in capsys.readouterr().err
