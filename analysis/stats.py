@@ -51,11 +51,20 @@ def pair_interval(values, seed_a, seed_b, level: float = LEVEL) -> tuple[float, 
         return m, math.nan, math.nan, s
     loo = np.array([v[(a != i) & (b != i)].mean() if ((a != i) & (b != i)).any() else np.nan
                     for i in seeds])
-    if not np.isfinite(loo).all():              # a seed in every pair: no jackknife
-        return m, math.nan, math.nan, s
-    half = float(stats.t.ppf(0.5 + level / 2, s - 1)
-                 * math.sqrt((s - 1) / s * ((loo - loo.mean()) ** 2).sum()))
+    half = jackknife_half(loo, level)            # NaN where a seed is in every pair
     return m, m - half, m + half, s
+
+
+def jackknife_half(loo, level: float = LEVEL) -> float:
+    """Half-width of the leave-one-seed-out jackknife interval over s seeds, from the s
+    estimates without each seed: t(s - 1) * sqrt((s - 1) / s * sum_i (loo_i - mean)^2)
+    (Arvesen 1969); NaN below 3 seeds or where an estimate is missing."""
+    loo = np.asarray(loo, dtype=float)
+    s = len(loo)
+    if s < 3 or not np.isfinite(loo).all():
+        return math.nan
+    return float(stats.t.ppf(0.5 + level / 2, s - 1)
+                 * math.sqrt((s - 1) / s * ((loo - loo.mean()) ** 2).sum()))
 
 
 def half_width(std: pl.Expr, n: pl.Expr, level: float = LEVEL) -> pl.Expr:

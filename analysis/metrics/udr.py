@@ -117,26 +117,19 @@ def config_interval(pairs: np.ndarray, level: float = 0.95) -> tuple[float, floa
     is Student's t with s - 1 degrees of freedom on the leave-one-seed-out jackknife standard
     error (the seed-agreement intervals' rule, `stats.pair_interval`); NaN half-width below
     3 scored seeds."""
-    from scipy.stats import t as student_t
+    from analysis.stats import jackknife_half
 
     every = np.ones(len(pairs), dtype=bool)
     scores = seed_udr(pairs, every)
     scored = np.flatnonzero(np.isfinite(scores))
-    n = len(scored)
-    mean = float(np.nanmean(scores)) if n else float("nan")
-    if n < 3:
-        return mean, float("nan"), n
+    mean = float(np.nanmean(scores)) if len(scored) else float("nan")
     loo = []
     for i in scored:
         keep = every.copy()
         keep[i] = False
         rest = seed_udr(pairs, keep)
         loo.append(np.nanmean(rest) if np.isfinite(rest).any() else np.nan)
-    loo = np.asarray(loo)
-    if not np.isfinite(loo).all():
-        return mean, float("nan"), n
-    se = np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum())
-    return mean, float(student_t.ppf(0.5 + level / 2, n - 1) * se), n
+    return mean, jackknife_half(loo, level), len(scored)
 
 
 def seed_score(b: int, arrays: list[dict], pairs: np.ndarray, correlation: str) -> dict | str:
