@@ -181,13 +181,13 @@ class _Pairs:
         self.codes, self.rng, self.done = codes, rng, {}
 
     def interval(self, n: int, level: float) -> dict:
-        for ij in combinations(range(n), 2):
-            if ij not in self.done:
-                s = agreement.pair_statistic(self.codes[ij[0]], self.codes[ij[1]], self.rng)
-                self.done[ij] = (s["procrustes_r2"], s["permutation_r2"])
-        ij = list(combinations(range(n), 2))
-        p, q = zip(*(self.done[x] for x in ij))
-        a, b = zip(*ij)
+        pairs = list(combinations(range(n), 2))
+        for i, j in pairs:
+            if (i, j) not in self.done:
+                s = agreement.pair_statistic(self.codes[i], self.codes[j], self.rng)
+                self.done[i, j] = (s["procrustes_r2"], s["permutation_r2"])
+        p, q = zip(*(self.done[x] for x in pairs))
+        a, b = zip(*pairs)
         return agreement.config_interval(p, q, a, b, level)
 
 
@@ -243,18 +243,16 @@ def coverage_at_stop(mu: float, schedule, reps: int, seed: int = 0,
     stopped at the first look whose interval excludes agreement.MARGIN. `sequential`: the
     looks' levels from `schedule`; else every look at the fixed 95% (looking repeatedly at a
     fixed-level interval, the stopped interval's coverage falls below 95%)."""
-    from analysis import stats as st
-
     rng = np.random.default_rng([seed, 2024])
+    ij = np.array(list(combinations(range(schedule.max), 2)))              # [pairs, 2]
     hits, used = 0, []
     for _ in range(reps):
         u = rng.standard_normal(schedule.max)
-        ij = np.array(list(combinations(range(schedule.max), 2)))
         d = mu + u[ij[:, 0]] + u[ij[:, 1]] + 0.5 * rng.standard_normal(len(ij))
         for n in schedule.looks():
             keep = ij[:, 1] < n
-            level = schedule.level(n) if sequential else st.LEVEL
-            _, lo, hi, _ = st.pair_interval(d[keep], ij[keep, 0], ij[keep, 1], level)
+            level = schedule.level(n) if sequential else stats.LEVEL
+            _, lo, hi, _ = stats.pair_interval(d[keep], ij[keep, 0], ij[keep, 1], level)
             if lo > agreement.MARGIN or hi < agreement.MARGIN:
                 break
         hits += lo <= mu <= hi

@@ -93,9 +93,9 @@ def grow(spec: StudySpec, trials: list[tuple[str, TrialConfig]], looked: dict[st
 
 
 def record(meta: dict, schedule: Schedule, looked: dict[str, dict], added: int) -> dict:
-    """study.json's `adaptive` record after a look."""
-    old = meta.get("adaptive") or {}
-    rounds = [*old.get("rounds", []),
+    """study.json's `adaptive` record after a look: the schedule, one entry per look so far,
+    and each configuration's state."""
+    rounds = [*(meta.get("adaptive") or {}).get("rounds", []),
               {"configurations": len(looked), "added_trials": added,
                "decided": sum(v["verdict"] != "" for v in looked.values()),
                "at_max": sum(v["stopped"].startswith("undecided") for v in looked.values())}]
@@ -103,11 +103,11 @@ def record(meta: dict, schedule: Schedule, looked: dict[str, dict], added: int) 
             "configs": looked}
 
 
-def summary(looked: dict[str, dict], added: int) -> str:
-    """The line the driver prints after a look."""
-    decided = sum(v["verdict"] != "" for v in looked.values())
-    at_max = sum(v["stopped"].startswith("undecided") for v in looked.values())
-    going = len(looked) - decided - at_max
-    return (f"seeds until decided: {decided} of {len(looked)} configurations decided, "
-            f"{at_max} undecided at max; " +
-            (f"{going} get more seeds ({added} new trials)" if going else "no more seeds"))
+def summary(record: dict) -> str:
+    """The line the driver prints after a look, from its record."""
+    r = record["rounds"][-1]
+    going = r["configurations"] - r["decided"] - r["at_max"]
+    return (f"seeds until decided: {r['decided']} of {r['configurations']} configurations "
+            f"decided, {r['at_max']} undecided at max; " +
+            (f"{going} get more seeds ({r['added_trials']} new trials)" if going
+             else "no more seeds"))

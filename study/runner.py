@@ -228,21 +228,18 @@ def rounds(spec: StudySpec, store: ResultStore, trials: list, tracker: StatusTra
         looked = adaptive.look(store, spec.adaptive, trials,
                                (meta.get("adaptive") or {}).get("configs"))
         more = adaptive.grow(spec, trials, looked)
-        log(adaptive.summary(looked, len(more)))
+        record = adaptive.record(meta, spec.adaptive, looked, len(more))
+        log(adaptive.summary(record))
         trials = trials + more
         todo = {tid: cfg.to_dict() for tid, cfg in more}
         space, new_packs = _grid_space(spec, todo, log, more)
         packs = {"packs": {**(packs.get("packs") or {}), **(new_packs.get("packs") or {})}} \
             if packs.get("packs") or new_packs.get("packs") else {}
         _write_meta(store, spec, [{"id": tid, "config": c.to_dict()} for tid, c in trials],
-                    adaptive=adaptive.record(meta, spec.adaptive, looked, len(more)), **packs)
+                    adaptive=record, **packs)
         if not more:
             return trials
-        with tracker.lock:
-            tracker.configs.update(todo)
-            tracker.rows.update({tid: config_row(tid, cfg) for tid, cfg in todo.items()})
-            tracker.packs.update(new_packs.get("packs") or {})
-            tracker.dirty = True
+        tracker.add(todo, new_packs.get("packs") or {})
         if not ray_up:
             tuner.start_ray(address, log)
             spec = dataclasses.replace(spec, gpu=_gpu_share(spec, address))

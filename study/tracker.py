@@ -156,6 +156,15 @@ class StatusTracker:
             self.thread = None
         self._flush(final)
 
+    def add(self, configs: dict[str, dict], packs: dict[str, list[str]]) -> None:
+        """Trials planned while the study runs (a round of adaptive seeds): their rows, configs
+        and packs, pending until Tune's hooks report them."""
+        with self.lock:
+            self.configs.update(configs)
+            self.rows.update({tid: config_row(tid, cfg) for tid, cfg in configs.items()})
+            self.packs.update(packs)
+            self.dirty = True
+
     def record_errors(self, errors: dict[str, str]) -> None:
         """Trials Tune gave up on: failed, unless their status file says they ended."""
         with self.lock:                                  # the writer may still be copying rows
