@@ -178,31 +178,32 @@ def _metric_names(text: str) -> tuple[str, ...]:
         raise UsageError(str(e)) from None
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from study.status import split_study_path, status_text
+def study_store(study: str):
+    """The store of DIR/STUDY; one line where it is not a study folder. One HEAD (or a
+    one-key listing), not a listing of every trial's status file: on S3 that is a page per
+    1,000 trials to parse."""
+    from study.status import split_study_path
     from resultstore.store import ResultStore
 
-    root, name = split_study_path(args.study)
+    root, name = split_study_path(study)
     store = ResultStore(root, check_name(name, "DIR/STUDY"))
-    # one HEAD (or a one-key listing), not a listing of every trial's status file: on S3 that
-    # is a page per 1,000 trials to parse
     if not store.exists(store.path("study.json")) and not store.exists(store.path("status")):
-        raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
+        raise UsageError(f"{study}: not a study folder (no study.json or status/)")
+    return store
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from study.status import status_text
+
+    store = study_store(args.study)
     print(status_text(store))
     return 0
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from study.status import split_study_path
     from resultstore.compact import compact
-    from resultstore.store import ResultStore
 
-    root, name = split_study_path(args.study)
-    store = ResultStore(root, check_name(name, "DIR/STUDY"))
-    # one HEAD (or a one-key listing), not a listing of every trial's status file: on S3 that
-    # is a page per 1,000 trials to parse
-    if not store.exists(store.path("study.json")) and not store.exists(store.path("status")):
-        raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
+    store = study_store(args.study)
     from study.runner import hold
 
     try:
@@ -221,15 +222,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Exit 0: nothing found (or all repaired); 1: findings left (without --repair, or lost)."""
     from resultstore.check import check
     from study.runner import hold
-    from study.status import split_study_path
-    from resultstore.store import ResultStore
 
-    root, name = split_study_path(args.study)
-    store = ResultStore(root, check_name(name, "DIR/STUDY"))
-    # one HEAD (or a one-key listing), not a listing of every trial's status file: on S3 that
-    # is a page per 1,000 trials to parse
-    if not store.exists(store.path("study.json")) and not store.exists(store.path("status")):
-        raise UsageError(f"{args.study}: not a study folder (no study.json or status/)")
+    store = study_store(args.study)
     if args.repair:
         with hold(store, log=lambda line: None):
             found = check(store, repair=True)
