@@ -175,6 +175,39 @@ def udr(sizes, reps, draws: int = 20):
                      for r in compute_udr(seeds(np.random.default_rng(d), n, k), None, corr)]
                 line += f"  K={k}: {np.mean(v):.3f} / {np.max(v):.3f}"
             print(line)
+    udr_coverage(truth_draws=20 * draws * 50, reps=50 * draws)
+
+
+def udr_coverage(truth_draws: int, reps: int):
+    """Known truth for UDR's per-configuration interval: pair scores S[a, b] = 0.5 +
+    0.1 (u_a + u_b) + 0.05 e_ab; the truth is the statistic's expectation over
+    `truth_draws`; coverage of the jackknife interval and of a t-interval over the seeds'
+    scores over `reps` draws."""
+    from scipy.stats import t as student_t
+
+    from analysis.metrics.udr import config_interval, seed_udr
+
+    rng = np.random.default_rng(5)
+
+    def draw(s):
+        u = rng.standard_normal(s)
+        pairs = 0.5 + 0.1 * (u[:, None] + u[None, :]) + 0.05 * rng.standard_normal((s, s))
+        np.fill_diagonal(pairs, np.nan)
+        return pairs
+
+    print(f"\nUDR per configuration, 95% interval coverage ({reps} draws; truth from "
+          f"{truth_draws:,}): seeds, jackknife, t over the seeds' scores")
+    for s in (4, 6, 10):
+        every = np.ones(s, dtype=bool)
+        truth = np.mean([np.nanmean(seed_udr(draw(s), every)) for _ in range(truth_draws)])
+        jack = naive = 0
+        for _ in range(reps):
+            pairs = draw(s)
+            m, half, _ = config_interval(pairs)
+            sd = np.nanmedian(pairs, axis=0).std(ddof=1)
+            jack += abs(m - truth) <= half
+            naive += abs(m - truth) <= student_t.ppf(0.975, s - 1) * sd / np.sqrt(s)
+        print(f"  {s:>2} seeds: {jack / reps:.3f}  {naive / reps:.3f}")
 
 
 def main() -> None:

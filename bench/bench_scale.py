@@ -256,10 +256,18 @@ def study_section(tab: Table, label: str, root: str, name: str, base: Path | Non
     def status(code):
         return cli(code, "status", path, env=env_for(code, env))[0]
 
-    new, req_new = count(lambda: median(lambda: status(ROOT), a.reps)[0])
-    today, req_old = (count(lambda: status(base)) if base else (None, None))
-    tab.add(f"{label}: status", n, today, new, target="< 5 s",
-            note=f"requests today {req_old}, new {req_new}" if req_new is not None else "")
+    new, today, req_new, req_old = [], [], [], []
+    for _ in range(a.status_reps):              # alternating, so both see the same load
+        t, r = count(lambda: status(ROOT))
+        new.append(t), req_new.append(r)
+        if base:
+            t, r = count(lambda: status(base))
+            today.append(t), req_old.append(r)
+    tab.add(f"{label}: status", n, statistics.median(today) if today else None,
+            statistics.median(new), target="< 5 s",
+            note=(f"median of {a.status_reps} alternating calls; requests per call today "
+                  f"{req_old[0] if req_old else None}, new {req_new[0]}")
+            if req_new[0] is not None else f"median of {a.status_reps}")
     st = ResultStore(root, name)
     table = st.read_bytes(st.path("status.parquet"))
     st.delete(st.path("status.parquet"))
@@ -533,6 +541,7 @@ def main() -> None:
     p.add_argument("--codes", type=int, default=100, help="codes rows per trial (default 100)")
     p.add_argument("--every", type=int, default=5, help="evaluations per segment (checkpoint.every)")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--status-reps", type=int, default=7, help="alternating status calls")
     p.add_argument("--skip", default="", help="comma list of: local,s3,tune,data,checkpoint,callbacks,callbacks-s3,resume,"
                         "resume-today")
     p.add_argument("--skip-old-tables", action="store_true")
@@ -545,7 +554,7 @@ def main() -> None:
         a.trials, a.base_trials, a.s3_trials, a.tune_trials, a.images = 60, 20, 20, 4, 900
         a.completions, a.resume_trials = 20, 20
         a.skip += ",callbacks-s3,resume-today"
-        a.epochs, a.factors, a.codes, a.reps = 4, 8, 5, 1
+        a.epochs, a.factors, a.codes, a.reps, a.status_reps = 4, 8, 5, 1, 1
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     tab = Table()
     try:

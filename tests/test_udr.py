@@ -265,3 +265,34 @@ def test_report_cli_gives_udr_per_trial_and_per_configuration_on_mnist(tmp_path,
     header = next(line for line in report.splitlines() if "| udr_lasso |" in line)
     assert "udr_spearman" in header
     assert f"| {round(pair['udr_lasso'].mean(), 3)} (n=2) |" in report
+
+
+def test_the_configuration_interval_covers_its_mean_where_the_naive_one_does_not():
+    """Known truth: pair scores with a per-seed effect, S[a, b] = 0.5 + 0.1 (u_a + u_b) +
+    0.05 e_ab, 6 seeds. The configuration's UDR (mean over seeds of each one's median pair)
+    has expectation `truth` (20,000 draws). Over 600 draws the jackknife's 95% interval holds
+    it about 94% of the time; a t-interval over the seeds' scores, which treats them as
+    independent, about 66%."""
+    from scipy.stats import t as student_t
+
+    from analysis.metrics.udr import config_interval, seed_udr
+    rng = np.random.default_rng(5)
+    s = 6
+
+    def draw():
+        u = rng.standard_normal(s)
+        pairs = 0.5 + 0.1 * (u[:, None] + u[None, :]) + 0.05 * rng.standard_normal((s, s))
+        np.fill_diagonal(pairs, np.nan)
+        return pairs
+
+    every = np.ones(s, dtype=bool)
+    truth = np.mean([np.nanmean(seed_udr(draw(), every)) for _ in range(20_000)])
+    jack = naive = 0
+    for _ in range(600):
+        pairs = draw()
+        m, half, _ = config_interval(pairs)
+        jack += abs(m - truth) <= half
+        scores = np.nanmedian(pairs, axis=0)
+        naive += abs(m - truth) <= student_t.ppf(0.975, s - 1) * scores.std(ddof=1) / np.sqrt(s)
+    assert 0.91 <= jack / 600 <= 0.99
+    assert naive / 600 < 0.80
