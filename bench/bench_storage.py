@@ -23,7 +23,6 @@ import sys
 import tarfile
 import tempfile
 import threading
-import time
 import io
 from pathlib import Path
 

@@ -7,7 +7,6 @@ spec says `storage_shared: true` for a path that is not shared.
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
